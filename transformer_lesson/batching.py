@@ -1,0 +1,157 @@
+"""From token ids to padded tensors: padding, masks and length-bucketed batches.
+
+Sentences have different lengths but a tensor is a rectangle, so short sentences are padded with
+``<pad>`` (id 0) and a boolean *mask* records which positions are real. Convention for the whole
+course: **a mask is True where a position is real (may be attended to) and False at padding**,
+the same polarity as ``torch.nn.functional.scaled_dot_product_attention``'s boolean masks.
+
+Padding is wasted work, so batches group sentences of similar length ("bucketing") and are
+sized by a *token budget* (padded tokens per batch) rather than a fixed number of sentences:
+a batch of short sentences holds more of them.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad lists of token ids into one tensor.
+
+    Returns ``ids`` of shape (batch, longest) with ``pad_id`` after each sequence's end, and
+    ``mask`` of the same shape, True at real tokens and False at padding.
+    """
+    if len(sequences) == 0:
+        raise ValueError("pad_sequences needs at least one sequence.")
+    longest = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    lengths = torch.tensor([len(seq) for seq in sequences])
+    mask = torch.arange(longest)[None, :] < lengths[:, None]
+    return ids, mask
+
+
+@dataclass
+class Batch:
+    """A batch of translation pairs, ready for a model.
+
+    ``src`` (B, S) are source ids and ``src_mask`` (B, S) marks the real ones. The target is shifted
+    for teacher forcing: the decoder reads ``tgt_in`` = ``<bos> y1 ... yn`` and must predict
+    ``tgt_out`` = ``y1 ... yn <eos>``, both (B, T); ``tgt_mask`` (B, T) marks real positions.
+    """
+
+    src: torch.Tensor
+    src_mask: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    tgt_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    @property
+    def n_target_tokens(self) -> int:
+        """Real (non-pad) target tokens: the number of predictions the loss averages over."""
+        return int(self.tgt_mask.sum())
+
+
+def make_batch(sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> Batch:
+    """Build a :class:`Batch` from source ids and target ids framed as ``<bos> ... <eos>``."""
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} sources but {len(targets)} targets.")
+    for target in targets:
+        if len(target) < 2 or target[0] != BOS_ID or target[-1] != EOS_ID:
+            raise ValueError("Each target must start with <bos> and end with <eos>.")
+    src, src_mask = pad_sequences(sources)
+    tgt_in, tgt_mask = pad_sequences([t[:-1] for t in targets])
+    tgt_out, _ = pad_sequences([t[1:] for t in targets])
+    return Batch(src=src, src_mask=src_mask, tgt_in=tgt_in, tgt_out=tgt_out, tgt_mask=tgt_mask)
+
+
+def token_budget_batches(
+    lengths: Sequence[int],
+    max_tokens: int,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Group example indices into batches of similar length.
+
+    Examples are sorted by length (ties broken at random when ``shuffle``) and cut greedily so
+    that ``batch size x longest length <= max_tokens``, the number of padded tokens. With
+    ``shuffle`` the order of the batches is random too, so training does not see all the short
+    sentences first. An example longer than ``max_tokens`` gets a batch of its own.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)  # random tie-break, as the sort below is stable
+    order.sort(key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        new_longest = max(longest, lengths[index])
+        if current and new_longest * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, new_longest = [], lengths[index]
+        current.append(index)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+class TranslationData:
+    """Tokenized sentence pairs that can be served as :class:`Batch`es.
+
+    Sentences longer than ``max_len`` tokens are cut (with one warning saying how many), so a
+    stray long line cannot exhaust memory.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer, max_len: int = 128):
+        if max_len < 3:
+            raise ValueError(f"max_len must be at least 3 (<bos>, a token, <eos>), got {max_len}.")
+        self.pairs = list(pairs)
+        sources = tokenizer.encode_batch([p[0] for p in self.pairs])
+        targets = tokenizer.encode_batch([p[1] for p in self.pairs], bos=True, eos=True)
+        cut = 0
+        self.sources, self.targets = [], []
+        for src, tgt in zip(sources, targets, strict=True):
+            if len(src) > max_len or len(tgt) > max_len:
+                cut += 1
+                src = src[:max_len]
+                tgt = tgt[: max_len - 1] + [EOS_ID] if len(tgt) > max_len else tgt
+            self.sources.append(src)
+            self.targets.append(tgt)
+        if cut:
+            warnings.warn(f"{cut} of {len(self.pairs)} pairs were longer than {max_len} tokens and were cut.",
+                          stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def lengths(self) -> list[int]:
+        return [max(len(s), len(t)) for s, t in zip(self.sources, self.targets, strict=True)]
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        return make_batch([self.sources[i] for i in indices], [self.targets[i] for i in indices])
+
+    def batches(self, max_tokens: int, shuffle: bool = True, seed: int = 0) -> Iterator[Batch]:
+        """One epoch of token-budget batches (pass a different ``seed`` each epoch)."""
+        for indices in token_budget_batches(self.lengths(), max_tokens, shuffle, seed):
+            yield self.batch(indices)

@@ -1,0 +1,225 @@
+"""The machinery behind every exercise check.
+
+A check runs the student's function and the package's reference on the same fresh random inputs
+and compares the results. When they differ it does not stop at "wrong": it says which dimension
+of which output has the wrong size, or, when the values differ, whether the student's output
+matches one of the *known mistakes* for that exercise (a buggy implementation written on purpose,
+such as "softmax over the wrong axis"), and names it.
+
+Checks raise :class:`CheckFailed` (an AssertionError, so nbgrader and pytest count it as a
+failure) and print one line when they pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """An exercise answer disagrees with the reference. The message says how."""
+
+
+def describe_shape(shape: Sequence[int], dims: Sequence[str] | None = None) -> str:
+    """``(2, 5)`` or, with names, ``(batch=2, time=5)``."""
+    if dims is None or len(dims) != len(shape):
+        return "(" + ", ".join(str(s) for s in shape) + ")"
+    return "(" + ", ".join(f"{d}={s}" for d, s in zip(dims, shape, strict=True)) + ")"
+
+
+def expect_shape(
+    tensor: Any,
+    expected: Sequence[int | None],
+    name: str = "tensor",
+    dims: Sequence[str] | None = None,
+) -> None:
+    """Raise :class:`CheckFailed` unless ``tensor.shape`` matches ``expected``.
+
+    ``None`` in ``expected`` accepts any size. ``dims`` names the dimensions (``("batch", "time",
+    "d_model")``) so that the message can say which one is wrong, and whether two look swapped.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise CheckFailed(f"{name} should be a torch.Tensor but is a {type(tensor).__name__}.")
+    shape = tuple(tensor.shape)
+    want = tuple(expected)
+    named = dims is not None and len(dims) == len(want)
+    want_text = describe_shape(["?" if w is None else w for w in want], dims)
+    if len(shape) != len(want):
+        raise CheckFailed(
+            f"{name} has {len(shape)} dimensions, shape {describe_shape(shape)}, "
+            f"but {len(want)} were expected: {want_text}."
+        )
+    wrong = [i for i, (s, w) in enumerate(zip(shape, want, strict=True)) if w is not None and s != w]
+    if not wrong:
+        return
+    lines = [f"{name} has shape {describe_shape(shape)} but {want_text} was expected."]
+    for i in wrong:
+        label = f"dimension {i}" + (f" ({dims[i]})" if named else "")
+        lines.append(f"  {label} is {shape[i]}, expected {want[i]}.")
+    concrete = [w for w in want if w is not None]
+    if len(concrete) == len(want) and sorted(shape) == sorted(concrete):
+        if len(wrong) == 2:
+            a, b = wrong
+            names = (dims[a], dims[b]) if named else (str(a), str(b))
+            lines.append(
+                f"  The sizes are right but in the wrong order: dimensions {names[0]} and "
+                f"{names[1]} look swapped (a transpose or a wrong layout)."
+            )
+        else:
+            lines.append("  The sizes are right but in the wrong order (check your permute/view).")
+    raise CheckFailed("\n".join(lines))
+
+
+def _flatten(value: Any, name: str) -> list[tuple[str, Any]]:
+    if isinstance(value, tuple | list):
+        out = []
+        for i, item in enumerate(value):
+            out.extend(_flatten(item, f"{name}[{i}]"))
+        return out
+    return [(name, value)]
+
+
+def _close(actual: Any, expected: Any, atol: float, rtol: float) -> bool:
+    """True when every leaf of ``actual`` matches ``expected`` (same structure, shape, values)."""
+    a_leaves, e_leaves = _flatten(actual, "x"), _flatten(expected, "x")
+    if len(a_leaves) != len(e_leaves):
+        return False
+    for (_, a), (_, e) in zip(a_leaves, e_leaves, strict=True):
+        if isinstance(e, torch.Tensor):
+            if not isinstance(a, torch.Tensor) or a.shape != e.shape:
+                return False
+            if a.dtype == torch.bool or e.dtype == torch.bool:
+                if not torch.equal(a.bool(), e.bool()):
+                    return False
+            elif not torch.allclose(a.to(e.dtype), e, atol=atol, rtol=rtol, equal_nan=True):
+                return False
+        elif a != e:
+            return False
+    return True
+
+
+def compare(
+    actual: Any,
+    expected: Any,
+    name: str = "output",
+    dims: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Raise :class:`CheckFailed` describing the first difference between two (nested) outputs.
+
+    ``dims`` names the dimensions, either one sequence for a single tensor or a mapping from the
+    leaf's name (``"output[1]"``) to a sequence.
+    """
+    a_leaves, e_leaves = _flatten(actual, name), _flatten(expected, name)
+    if len(a_leaves) != len(e_leaves):
+        raise CheckFailed(
+            f"{name} should have {len(e_leaves)} part(s) but has {len(a_leaves)}: "
+            f"did you return the right number of values?"
+        )
+    for (leaf_name, a), (_, e) in zip(a_leaves, e_leaves, strict=True):
+        if not isinstance(e, torch.Tensor):
+            if a != e:
+                raise CheckFailed(f"{leaf_name} is {a!r} but {e!r} was expected.")
+            continue
+        leaf_dims = dims.get(leaf_name) if isinstance(dims, Mapping) else dims
+        expect_shape(a, tuple(e.shape), leaf_name, leaf_dims)
+        if e.dtype == torch.bool:
+            if a.dtype != torch.bool:
+                raise CheckFailed(f"{leaf_name} should be a boolean tensor but has dtype {a.dtype}.")
+            if not torch.equal(a, e):
+                where = (a != e).nonzero()[0].tolist()
+                raise CheckFailed(
+                    f"{leaf_name} differs from the expected mask, first at index {where}: "
+                    f"got {a[tuple(where)].item()}, expected {e[tuple(where)].item()}."
+                )
+            continue
+        if e.is_floating_point() != a.is_floating_point():
+            raise CheckFailed(f"{leaf_name} has dtype {a.dtype} but {e.dtype} was expected.")
+        if not e.is_floating_point() and a.dtype != e.dtype:
+            raise CheckFailed(f"{leaf_name} has dtype {a.dtype} but {e.dtype} was expected.")
+        a_cmp = a.detach().to(e.dtype)
+        if torch.isnan(a_cmp).any() and not torch.isnan(e).any():
+            raise CheckFailed(f"{leaf_name} contains NaN where the reference has none.")
+        if not torch.allclose(a_cmp, e, atol=atol, rtol=rtol, equal_nan=True):
+            diff = (a_cmp - e).abs().nan_to_num(nan=math.inf)
+            idx = tuple(torch.unravel_index(diff.argmax(), diff.shape))
+            idx_list = [int(i) for i in idx]
+            raise CheckFailed(
+                f"{leaf_name} has the right shape but wrong values: at index {idx_list} you "
+                f"have {a_cmp[idx].item():.6g}, expected {e[idx].item():.6g} "
+                f"(largest difference {diff.max().item():.3g})."
+            )
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A wrong implementation written on purpose, so that a check can recognise it.
+
+    ``implementation`` has the reference's signature; ``advice`` says what went wrong and how to
+    fix it, in words a student can act on.
+    """
+
+    advice: str
+    implementation: Callable[..., Any]
+
+
+def _clone_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def check_against(
+    student: Callable[..., Any],
+    reference: Callable[..., Any],
+    make_inputs: Callable[[torch.Generator], Mapping[str, Any]],
+    *,
+    name: str,
+    trials: int = 5,
+    mistakes: Sequence[Mistake] = (),
+    dims: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    seed: int = 0,
+    quiet: bool = False,
+) -> None:
+    """Compare ``student`` with ``reference`` on ``trials`` random inputs.
+
+    ``make_inputs(generator)`` returns keyword arguments; each trial gets fresh ones, so an answer
+    that only works for one shape cannot pass. Inputs are cloned for each call, and a student
+    function that modifies its inputs in place is reported.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for trial in range(trials):
+        inputs = make_inputs(generator)
+        expected = reference(**_clone_inputs(inputs))
+        given = _clone_inputs(inputs)
+        actual = student(**given)
+        for key, value in given.items():
+            if isinstance(value, torch.Tensor) and not torch.equal(value, inputs[key]):
+                raise CheckFailed(
+                    f"{name} changed its input {key!r} in place. Compute a new tensor instead "
+                    f"(for example `x = x + 1` rather than `x += 1`)."
+                )
+        try:
+            compare(actual, expected, name=f"{name}(...)", dims=dims, atol=atol, rtol=rtol)
+        except CheckFailed as failure:
+            shapes = ", ".join(
+                f"{k}: {describe_shape(tuple(v.shape))}"
+                for k, v in inputs.items()
+                if isinstance(v, torch.Tensor)
+            )
+            context = f"\n(trial {trial + 1} of {trials}, inputs {shapes})" if shapes else ""
+            for mistake in mistakes:
+                try:
+                    buggy = mistake.implementation(**_clone_inputs(inputs))
+                except Exception:  # a mistake that cannot run on these inputs is not the one
+                    continue
+                if _close(actual, buggy, atol, rtol):
+                    raise CheckFailed(f"{failure}\nLikely cause: {mistake.advice}{context}") from None
+            raise CheckFailed(f"{failure}{context}") from None
+    if not quiet:
+        print(f"✓ {name}: matches the reference on {trials} random inputs.")

@@ -1,0 +1,179 @@
+"""The corpus: Multi30k German-English, shipped in ``data/multi30k`` so the course works offline.
+
+Loading a split verifies each file against the checksum manifest ``SHA256SUMS``, decodes it as
+strict UTF-8, checks that both languages have the same number of lines, cleans the known noise
+and refuses empty lines. Every failure names the file and, where there is one, the line.
+
+Multi30k is for non-commercial research and education only; see ``data/multi30k/SOURCE.md``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import os
+import re
+import unicodedata
+from pathlib import Path
+from typing import NamedTuple
+
+DATA_ENV = "TL_DATA_DIR"
+
+MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+MULTI30K_SIZES = {"train": 29_000, "val": 1_014, "test": 1_000}
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, corrupt or malformed. The message says which and where."""
+
+
+class Pair(NamedTuple):
+    """One aligned sentence pair: ``src`` is German, ``tgt`` its English translation."""
+
+    src: str
+    tgt: str
+
+
+def data_dir() -> Path:
+    """The folder holding the corpora: ``$TL_DATA_DIR`` or the repository's ``data/``."""
+    override = os.environ.get(DATA_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning
+# ---------------------------------------------------------------------------------------------
+
+_SPACES = dict.fromkeys(map(ord, "\u00a0\u202f\u2007\u2009\t"), " ")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u00ad\ufeff"), None)
+_PRETOKENISED_CONTRACTION = re.compile(r"(\w) '(s|re|m|ve|ll|d|t)\b")
+_MULTIPLE_SPACES = re.compile(r" {2,}")
+
+
+def normalize(text: str, lang: str | None = None) -> str:
+    """Clean one sentence of the noise found in Multi30k (and Tatoeba).
+
+    HTML entities are decoded (``&amp;`` -> ``&``), non-breaking and other odd spaces become plain
+    spaces, invisible characters (zero-width space, soft hyphen) go, runs of spaces collapse and
+    the ends are stripped. Text is put in Unicode NFC form, so that ``ü`` is one code point.
+    For English, the few pre-tokenised contractions (``they 're``) are joined again.
+    """
+    text = html.unescape(text)
+    text = unicodedata.normalize("NFC", text)
+    text = text.translate(_SPACES).translate(_INVISIBLE)
+    if lang == "en":
+        text = _PRETOKENISED_CONTRACTION.sub(r"\1'\2", text)
+    return _MULTIPLE_SPACES.sub(" ", text).strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and verifying files
+# ---------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, str]:
+    """Parse ``folder/SHA256SUMS`` (the format of ``sha256sum``) into {file name: digest}."""
+    manifest = folder / "SHA256SUMS"
+    if not manifest.is_file():
+        raise CorpusError(f"No checksum manifest at {manifest}.")
+    sums = {}
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            raise CorpusError(f"{manifest}, line {number}: expected '<sha256>  <file>', got {line!r}.")
+        sums[parts[1].lstrip("*")] = parts[0]
+    return sums
+
+
+def verify_file(path: Path, expected_sha256: str) -> None:
+    if not path.is_file():
+        raise CorpusError(
+            f"Corpus file {path} is missing. It ships with the repository: restore it with "
+            f"`git checkout -- {path.name}` in its folder, or set {DATA_ENV} to a folder that has it."
+        )
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise CorpusError(
+            f"Checksum mismatch for {path}: sha256 is {actual}, the manifest says "
+            f"{expected_sha256}. The file is corrupt or was changed; restore it from git."
+        )
+
+
+def read_lines(path: Path, lang: str | None = None) -> list[str]:
+    """Read a text file (gzip-compressed if it ends in ``.gz``) as cleaned lines.
+
+    Raises :class:`CorpusError` for bytes that are not UTF-8 and for empty lines, with the line
+    number.
+    """
+    if not path.is_file():
+        raise CorpusError(f"Corpus file {path} is missing.")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise CorpusError(f"{path} is not a valid gzip file: {error}.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise CorpusError(
+            f"{path}, line {line}: bytes {raw[error.start:error.end]!r} are not UTF-8. "
+            f"Save the file as UTF-8."
+        ) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final newline
+    cleaned = []
+    for number, line in enumerate(lines, start=1):
+        clean = normalize(line.rstrip("\r"), lang)
+        if not clean:
+            raise CorpusError(f"{path}, line {number} is empty; every line must hold a sentence.")
+        cleaned.append(clean)
+    return cleaned
+
+
+def load_parallel(src_path: Path, tgt_path: Path, src_lang: str = "de", tgt_lang: str = "en") -> list[Pair]:
+    """Read two line-aligned files into pairs, checking that their line counts agree."""
+    sources = read_lines(Path(src_path), src_lang)
+    targets = read_lines(Path(tgt_path), tgt_lang)
+    if len(sources) != len(targets):
+        raise CorpusError(
+            f"{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: the two "
+            f"sides of a parallel corpus must be aligned line by line."
+        )
+    return [Pair(s, t) for s, t in zip(sources, targets, strict=True)]
+
+
+def load_multi30k(split: str, limit: int | None = None, folder: Path | None = None) -> list[Pair]:
+    """Load a Multi30k split as German -> English :class:`Pair`s.
+
+    ``split`` is ``"train"`` (29,000 pairs), ``"val"`` (1,014) or ``"test"`` (test_2016_flickr,
+    1,000, the standard test set). ``limit`` keeps the first pairs only (quick mode uses it).
+    """
+    if split not in MULTI30K_SPLITS:
+        raise ValueError(f"Unknown split {split!r}: choose one of {sorted(MULTI30K_SPLITS)}.")
+    folder = Path(folder) if folder is not None else data_dir() / "multi30k"
+    sums = read_manifest(folder)
+    paths = {}
+    for lang in ("de", "en"):
+        name = f"{MULTI30K_SPLITS[split]}.{lang}.gz"
+        if name not in sums:
+            raise CorpusError(f"{folder / 'SHA256SUMS'} has no entry for {name}.")
+        paths[lang] = folder / name
+        verify_file(paths[lang], sums[name])
+    pairs = load_parallel(paths["de"], paths["en"])
+    return pairs if limit is None else pairs[:limit]

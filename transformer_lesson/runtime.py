@@ -1,0 +1,164 @@
+"""Where and how big: quick/full mode, the device, mixed precision and seeding.
+
+Every notebook runs in one of two modes, chosen by one switch, the environment variable
+``TL_QUICK``:
+
+* **full** (default): the real sizes, meant for a GPU (or patience).
+* **quick** (``TL_QUICK=1``): shrinks data, models and step counts so that every lesson runs in
+  seconds on a 2-core CPU. CI and ``make test`` use it. Quick mode changes *numbers only*: the same
+  code paths run in both modes.
+
+Notebooks never test the variable themselves; they ask :func:`pick` for a size::
+
+    n_steps = pick(full=3000, quick=40)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+QUICK_ENV = "TL_QUICK"
+DEVICE_ENV = "TL_DEVICE"
+
+T = TypeVar("T")
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine does not have."""
+
+
+def is_quick() -> bool:
+    """True when ``TL_QUICK`` is set to 1/true/yes/on (read at every call, so it can be changed)."""
+    value = os.environ.get(QUICK_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{QUICK_ENV}={value!r} is not understood: use 1 (quick) or 0 (full).")
+
+
+def mode() -> str:
+    """``"quick"`` or ``"full"``."""
+    return "quick" if is_quick() else "full"
+
+
+def pick(*, full: T, quick: T) -> T:
+    """Return ``quick`` in quick mode and ``full`` otherwise."""
+    return quick if is_quick() else full
+
+
+def get_device(require: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    ``require="cuda"`` (or ``"mps"``) raises :class:`DeviceError` with advice when that device is
+    missing, instead of silently training for hours on a CPU. The variable ``TL_DEVICE`` overrides
+    the automatic choice (for example ``TL_DEVICE=cpu`` on a machine with a GPU).
+    """
+    wanted = require or os.environ.get(DEVICE_ENV) or None
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if wanted is not None:
+        kind = wanted.split(":")[0]
+        if kind not in available:
+            raise DeviceError(f"Unknown device {wanted!r}: use 'cuda', 'mps' or 'cpu'.")
+        if not available[kind]:
+            hint = (
+                " On Colab: Runtime > Change runtime type > a GPU, then run the setup cell again."
+                if kind == "cuda"
+                else ""
+            )
+            raise DeviceError(
+                f"A {kind.upper()} device was asked for, but this machine has none "
+                f"(torch {torch.__version__}, {platform.machine()}).{hint} "
+                f"To run on the CPU anyway (slowly, or in quick mode with {QUICK_ENV}=1), "
+                f"ask for 'cpu'."
+            )
+        return torch.device(wanted)
+    for kind in ("cuda", "mps"):
+        if available[kind]:
+            return torch.device(kind)
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class AmpSettings:
+    """How to run mixed precision on one device.
+
+    ``dtype`` is None when autocast should stay off. ``use_grad_scaler`` is True for float16,
+    whose narrow exponent range needs loss scaling; bfloat16 does not.
+    """
+
+    dtype: torch.dtype | None
+    use_grad_scaler: bool
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+
+def amp_settings(device: torch.device | str) -> AmpSettings:
+    """Mixed-precision settings for ``device``.
+
+    bfloat16 needs real hardware support, which NVIDIA GPUs have from compute capability 8.0
+    (Ampere: A100, RTX 30xx, and later). Older GPUs such as Colab's T4 (7.5) get float16 with a
+    GradScaler. We test the capability rather than ``torch.cuda.is_bf16_supported()``, which says
+    True on a T4 because bfloat16 can be *emulated* there, slowly.
+    On CPU and MPS autocast stays off: it rarely speeds up these small models there.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return AmpSettings(dtype=None, use_grad_scaler=False)
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return AmpSettings(dtype=torch.bfloat16, use_grad_scaler=False)
+    return AmpSettings(dtype=torch.float16, use_grad_scaler=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so that a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def environment_report() -> dict[str, str]:
+    """Versions, device and mode, as a dict of strings (lesson 00 prints it)."""
+    import matplotlib
+    import sacrebleu
+    import sentencepiece
+
+    device = get_device()
+    report = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+        "sacrebleu": sacrebleu.__version__,
+        "sentencepiece": sentencepiece.__version__,
+        "device": str(device),
+        "mode": mode(),
+        "cpu threads": str(torch.get_num_threads()),
+    }
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+        amp = amp_settings(device)
+        report["mixed precision"] = str(amp.dtype).replace("torch.", "")
+    return report
+
+
+def print_environment() -> None:
+    """Print :func:`environment_report` as an aligned table."""
+    report = environment_report()
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")

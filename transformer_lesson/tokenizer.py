@@ -1,0 +1,158 @@
+"""Subword tokenization with SentencePiece: text <-> token ids.
+
+One vocabulary is shared by German and English (they share many subwords: names, numbers,
+"Ball", "Hotel"), which also lets later lessons tie embedding weights. The model is BPE, trained
+on the training split in a few seconds and cached on disk, keyed by the exact training text and
+settings, so a second call loads it instantly.
+
+Ids 0-3 are the special tokens ``<pad>``, ``<bos>``, ``<eos>`` and ``<unk>``. Byte fallback is on:
+a character never seen in training (an emoji, a Cyrillic letter) is spelled as its UTF-8 bytes
+instead of becoming ``<unk>``, so ``decode(encode(text)) == text`` for any text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+CACHE_ENV = "TL_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where trained tokenizers are kept: ``$TL_CACHE_DIR`` or ``~/.cache/transformer-lesson``."""
+    folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transformer-lesson")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class Tokenizer:
+    """A trained SentencePiece model with the course's special-token conventions."""
+
+    def __init__(self, model_proto: bytes):
+        self._sp = spm.SentencePieceProcessor()
+        self._sp.LoadFromSerializedProto(model_proto)
+        self._proto = model_proto
+        ids = (self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id(), self._sp.unk_id())
+        if ids != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):
+            raise ValueError(f"Tokenizer special ids are {ids}, expected (0, 1, 2, 3).")
+
+    pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the model: checkpoints store it to refuse a different vocabulary."""
+        return hashlib.sha256(self._proto).hexdigest()[:16]
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of ``text``, optionally framed by ``<bos>``/``<eos>``."""
+        ids = self._sp.encode(text, out_type=int)
+        return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        batch = self._sp.encode(list(texts), out_type=int)
+        return [([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else []) for ids in batch]
+
+    def pieces(self, text: str) -> list[str]:
+        """The subword strings of ``text``; ``▁`` marks the start of a word."""
+        return self._sp.encode(text, out_type=str)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``: stops at the first ``<eos>`` and drops ``<pad>`` and ``<bos>``."""
+        kept = []
+        for token_id in ids:
+            token_id = int(token_id)
+            if token_id == EOS_ID:
+                break
+            if token_id in (PAD_ID, BOS_ID):
+                continue
+            kept.append(token_id)
+        return self._sp.decode(kept)
+
+    def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self._proto)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        return cls(Path(path).read_bytes())
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
+
+
+def train_tokenizer(
+    texts: Sequence[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    use_cache: bool = True,
+) -> Tokenizer:
+    """Train (or load from the cache) a SentencePiece tokenizer on ``texts``.
+
+    ``vocab_size`` counts everything: the 4 special tokens, 256 byte tokens, and the learned
+    subwords, so it must be well above 260.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS) + 256:
+        raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed 260 (specials + bytes).")
+    if not texts:
+        raise ValueError("Cannot train a tokenizer on no text.")
+    settings = dict(
+        vocab_size=vocab_size,
+        model_type=model_type,
+        pad_id=PAD_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        pad_piece=SPECIAL_TOKENS[0],
+        bos_piece=SPECIAL_TOKENS[1],
+        eos_piece=SPECIAL_TOKENS[2],
+        unk_piece=SPECIAL_TOKENS[3],
+        character_coverage=1.0,
+        byte_fallback=True,
+        normalization_rule_name="identity",  # the corpus is cleaned already; keep text exact
+        num_threads=2,
+        minloglevel=2,
+    )
+    key = hashlib.sha256()
+    key.update(repr(sorted(settings.items())).encode())
+    key.update(spm.__version__.encode())
+    for text in texts:
+        key.update(text.encode())
+        key.update(b"\n")
+    path = cache_dir() / f"spm-{model_type}-{vocab_size}-{key.hexdigest()[:16]}.model"
+    if use_cache and path.is_file():
+        return Tokenizer.load(path)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, **settings)
+    tokenizer = Tokenizer(model.getvalue())
+    if use_cache:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tokenizer.save(tmp)
+        tmp.replace(path)  # atomic: a parallel run never reads a half-written file
+    return tokenizer
+
+
+def multi30k_tokenizer(vocab_size: int = 8000) -> Tokenizer:
+    """The course's tokenizer: BPE trained on both sides of the full Multi30k training split."""
+    from .data import load_multi30k
+
+    pairs = load_multi30k("train")
+    return train_tokenizer([p.src for p in pairs] + [p.tgt for p in pairs], vocab_size)
