@@ -27,7 +27,9 @@ class Timing:
     device: str
 
     def __str__(self) -> str:
-        return f"{self.median * 1e3:.3f} ms (min {self.low * 1e3:.3f}, max {self.high * 1e3:.3f}, n={self.repeats}, {self.device})"
+        ms = 1e3
+        return (f"{self.median * ms:.3f} ms (min {self.low * ms:.3f}, max {self.high * ms:.3f}, "
+                f"n={self.repeats}, {self.device})")
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -188,16 +188,17 @@ def check_against(
 ) -> None:
     """Compare ``student`` with ``reference`` on ``trials`` random inputs.
 
-    ``make_inputs(generator)`` returns keyword arguments; each trial gets fresh ones, so an answer
-    that only works for one shape cannot pass. Inputs are cloned for each call, and a student
-    function that modifies its inputs in place is reported.
+    ``make_inputs(generator)`` returns the arguments as an ordered dict (name: value); they are
+    passed by position, so the student may name parameters differently. Each trial gets fresh
+    inputs, so an answer that only works for one shape cannot pass. Inputs are cloned for each
+    call, and a student function that modifies its inputs in place is reported.
     """
     generator = torch.Generator().manual_seed(seed)
     for trial in range(trials):
         inputs = make_inputs(generator)
-        expected = reference(**_clone_inputs(inputs))
+        expected = reference(*_clone_inputs(inputs).values())
         given = _clone_inputs(inputs)
-        actual = student(**given)
+        actual = student(*given.values())
         for key, value in given.items():
             if isinstance(value, torch.Tensor) and not torch.equal(value, inputs[key]):
                 raise CheckFailed(
@@ -215,7 +216,7 @@ def check_against(
             context = f"\n(trial {trial + 1} of {trials}, inputs {shapes})" if shapes else ""
             for mistake in mistakes:
                 try:
-                    buggy = mistake.implementation(**_clone_inputs(inputs))
+                    buggy = mistake.implementation(*_clone_inputs(inputs).values())
                 except Exception:  # a mistake that cannot run on these inputs is not the one
                     continue
                 if _close(actual, buggy, atol, rtol):

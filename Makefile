@@ -1,0 +1,46 @@
+# Two commands: `make lab` to learn, `make test` to check everything (quick mode).
+# Both create .venv if it is missing and install the course into it; run again, they do nothing new.
+
+comma  := ,
+PYTHON ?= python3
+VENV   ?= .venv
+EXTRAS ?= dev
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: install lab test lint unit notebooks student validate strip clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transformer-lesson needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
+	@touch $@
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: install
+	$(VENV)/bin/ruff check transformer_lesson tests notebooks benchmarks
+
+unit: install
+	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests
+
+notebooks: install
+	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider notebooks
+
+test: lint
+	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15
+
+student: install
+	$(PY) -m transformer_lesson.exercises student --source notebooks --out build/student
+
+validate: install
+	$(PY) -m transformer_lesson.exercises validate --source notebooks
+
+strip: install
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from transformer_lesson.batching import TranslationData, make_batch, pad_sequences, token_budget_batches
+from transformer_lesson.data import load_multi30k
+from transformer_lesson.tokenizer import BOS_ID, EOS_ID, PAD_ID, multi30k_tokenizer
+
+
+def test_pad_sequences_pads_right_and_marks_real_tokens():
+    ids, mask = pad_sequences([[5, 6, 7], [8], [9, 10]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    assert ids.dtype == torch.long and mask.dtype == torch.bool
+
+
+def test_pad_sequences_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="at least one"):
+        pad_sequences([])
+
+
+def test_make_batch_shifts_the_target_for_teacher_forcing():
+    batch = make_batch([[5, 6], [7]], [[BOS_ID, 8, 9, EOS_ID], [BOS_ID, 10, EOS_ID]])
+    assert batch.tgt_in.tolist() == [[BOS_ID, 8, 9], [BOS_ID, 10, PAD_ID]]
+    assert batch.tgt_out.tolist() == [[8, 9, EOS_ID], [10, EOS_ID, PAD_ID]]
+    assert batch.tgt_mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.n_target_tokens == 5 and len(batch) == 2
+    with pytest.raises(ValueError, match="<bos>"):
+        make_batch([[5]], [[8, EOS_ID]])
+
+
+def test_token_budget_batches_cover_everything_once_within_budget():
+    lengths = torch.randint(1, 40, (500,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = token_budget_batches(lengths, max_tokens=200, seed=1)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(500))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 200
+    # bucketing: padding waste is far below that of random batches of the same sizes
+    waste = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+    assert waste < 0.1 * sum(lengths)
+
+
+def test_token_budget_batches_are_seeded_and_shuffled():
+    lengths = list(range(1, 101))
+    a = token_budget_batches(lengths, 100, seed=3)
+    assert a == token_budget_batches(lengths, 100, seed=3)
+    assert a != token_budget_batches(lengths, 100, seed=4)
+    ordered = token_budget_batches(lengths, 100, shuffle=False)
+    assert ordered[0][0] == 0  # unshuffled: shortest first
+    assert token_budget_batches([500], 100) == [[0]]  # too long for the budget: a batch of its own
+
+
+def test_translation_data_on_the_real_corpus():
+    tok = multi30k_tokenizer(2000)
+    data = TranslationData(load_multi30k("val", limit=300), tok)
+    batches = list(data.batches(max_tokens=1000, seed=0))
+    assert sum(len(b) for b in batches) == 300
+    b = batches[0]
+    assert b.src.shape == b.src_mask.shape and b.tgt_in.shape == b.tgt_out.shape
+    assert (b.src[~b.src_mask] == PAD_ID).all() and (b.src[b.src_mask] != PAD_ID).all()
+    row = int(b.tgt_mask.sum(1).argmax())
+    assert tok.decode(b.tgt_out[row].tolist()) == data.pairs[[i for i in range(300)
+        if data.targets[i][1:] == b.tgt_out[row][b.tgt_mask[row]].tolist()][0]][1]
+
+
+def test_over_long_pairs_are_cut_with_a_warning():
+    tok = multi30k_tokenizer(2000)
+    long = ("Ein Hund " * 100, "A dog " * 100)
+    with pytest.warns(UserWarning, match="1 of 2 pairs were longer than 20"):
+        data = TranslationData([long, ("Ein Hund.", "A dog.")], tok, max_len=20)
+    assert len(data.sources[0]) == 20 and len(data.targets[0]) == 20
+    assert data.targets[0][-1] == EOS_ID

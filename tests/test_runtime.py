@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from transformer_lesson import runtime
+
+
+def test_quick_switch_is_read_at_every_call(monkeypatch):
+    monkeypatch.setenv("TL_QUICK", "1")
+    assert runtime.is_quick() and runtime.mode() == "quick"
+    assert runtime.pick(full=1000, quick=10) == 10
+    monkeypatch.setenv("TL_QUICK", "0")
+    assert not runtime.is_quick() and runtime.mode() == "full"
+    assert runtime.pick(full=1000, quick=10) == 1000
+    monkeypatch.delenv("TL_QUICK")
+    assert runtime.mode() == "full"
+
+
+def test_unclear_quick_value_is_an_error(monkeypatch):
+    monkeypatch.setenv("TL_QUICK", "maybe")
+    with pytest.raises(ValueError, match="TL_QUICK"):
+        runtime.is_quick()
+
+
+def test_cpu_is_always_available(monkeypatch):
+    monkeypatch.delenv("TL_DEVICE", raising=False)
+    assert runtime.get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("TL_DEVICE", "cpu")
+    assert runtime.get_device() == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(runtime.DeviceError, match="CUDA device was asked for.*Colab"):
+        runtime.get_device("cuda")
+
+
+def test_unknown_device_is_an_error():
+    with pytest.raises(runtime.DeviceError, match="Unknown device"):
+        runtime.get_device("tpu")
+
+
+def test_amp_settings_follow_compute_capability(monkeypatch):
+    assert not runtime.amp_settings("cpu").enabled
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    t4 = runtime.amp_settings("cuda")
+    assert t4.dtype == torch.float16 and t4.use_grad_scaler  # T4: fp16 + GradScaler
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    a100 = runtime.amp_settings("cuda")
+    assert a100.dtype == torch.bfloat16 and not a100.use_grad_scaler
+
+
+def test_seed_everything_repeats_random_numbers():
+    runtime.seed_everything(123)
+    first = torch.randn(5), torch.nn.Linear(3, 3).weight.detach().clone()
+    runtime.seed_everything(123)
+    second = torch.randn(5), torch.nn.Linear(3, 3).weight.detach().clone()
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_environment_report_names_mode_and_device():
+    report = runtime.environment_report()
+    assert report["mode"] == runtime.mode()
+    assert report["torch"] == torch.__version__
+    assert report["device"] in ("cpu", "cuda", "mps")
