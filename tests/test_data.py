@@ -107,3 +107,31 @@ def test_manifest_covers_every_shipped_file():
     assert sorted(sums) == sorted(p.name for p in folder.glob("*.gz"))
     for name, digest in sums.items():
         data.verify_file(folder / name, digest)
+
+
+def test_tatoeba_splits_are_disjoint_by_sentence():
+    from transformer_lesson.data import load_tatoeba
+
+    splits = {name: load_tatoeba(name) for name in ("train", "val", "test")}
+    assert sum(map(len, splits.values())) == 169_813
+    assert 2000 < len(splits["test"]) < 5000 and 2000 < len(splits["val"]) < 5000
+    for side in ("src", "tgt"):
+        train = {getattr(p, side) for p in splits["train"]}
+        for held_out in ("val", "test"):
+            shared = train & {getattr(p, side) for p in splits[held_out]}
+            assert shared == set(), f"{held_out} shares {len(shared)} {side} sentences with train"
+    # German first: the file stores English first
+    assert ("Hallo!", "Hi.") in splits["train"] + splits["val"] + splits["test"]
+    sample = load_tatoeba("train", limit=500)
+    assert len(sample) == 500 and sample == load_tatoeba("train", limit=500)
+    assert max(len(p.tgt) for p in sample) > 30  # a random sample, not the shortest pairs
+
+
+def test_tatoeba_malformed_line_is_named(tmp_path):
+    from transformer_lesson.data import load_tatoeba
+
+    (tmp_path / "deu.txt.gz").write_bytes(gzip.compress(b"Hi.\tHallo!\nRun!\n"))
+    digest = hashlib.sha256((tmp_path / "deu.txt.gz").read_bytes()).hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{digest}  deu.txt.gz\n")
+    with pytest.raises(CorpusError, match=r"deu.txt.gz, line 2: expected 'English<TAB>German', got 1 field"):
+        load_tatoeba("train", folder=tmp_path)

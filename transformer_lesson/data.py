@@ -9,10 +9,12 @@ Multi30k is for non-commercial research and education only; see ``data/multi30k/
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import html
 import os
+import random
 import re
 import unicodedata
 from pathlib import Path
@@ -47,8 +49,8 @@ def data_dir() -> Path:
 # Cleaning
 # ---------------------------------------------------------------------------------------------
 
-_SPACES = dict.fromkeys(map(ord, "\u00a0\u202f\u2007\u2009\t"), " ")
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u00ad\ufeff"), None)
+_SPACES = re.compile("[\u00a0\u202f\u2007\u2009\t]")
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u00ad\ufeff]")
 _PRETOKENISED_CONTRACTION = re.compile(r"(\w) '(s|re|m|ve|ll|d|t)\b")
 _MULTIPLE_SPACES = re.compile(r" {2,}")
 
@@ -61,9 +63,10 @@ def normalize(text: str, lang: str | None = None) -> str:
     the ends are stripped. Text is put in Unicode NFC form, so that ``ü`` is one code point.
     For English, the few pre-tokenised contractions (``they 're``) are joined again.
     """
-    text = html.unescape(text)
+    if "&" in text:
+        text = html.unescape(text)
     text = unicodedata.normalize("NFC", text)
-    text = text.translate(_SPACES).translate(_INVISIBLE)
+    text = _INVISIBLE.sub("", _SPACES.sub(" ", text))
     if lang == "en":
         text = _PRETOKENISED_CONTRACTION.sub(r"\1'\2", text)
     return _MULTIPLE_SPACES.sub(" ", text).strip()
@@ -112,11 +115,11 @@ def verify_file(path: Path, expected_sha256: str) -> None:
         )
 
 
-def read_lines(path: Path, lang: str | None = None) -> list[str]:
-    """Read a text file (gzip-compressed if it ends in ``.gz``) as cleaned lines.
+def decode_lines(path: Path) -> list[str]:
+    """The lines of a text file (gzip-compressed if it ends in ``.gz``), exactly as stored.
 
-    Raises :class:`CorpusError` for bytes that are not UTF-8 and for empty lines, with the line
-    number.
+    Raises :class:`CorpusError` for a missing file, broken gzip data, or bytes that are not UTF-8
+    (naming the line).
     """
     if not path.is_file():
         raise CorpusError(f"Corpus file {path} is missing.")
@@ -137,9 +140,14 @@ def read_lines(path: Path, lang: str | None = None) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline
+    return [line.rstrip("\r") for line in lines]
+
+
+def read_lines(path: Path, lang: str | None = None) -> list[str]:
+    """Read a text file as cleaned lines (:func:`normalize`); an empty line raises :class:`CorpusError`."""
     cleaned = []
-    for number, line in enumerate(lines, start=1):
-        clean = normalize(line.rstrip("\r"), lang)
+    for number, line in enumerate(decode_lines(path), start=1):
+        clean = normalize(line, lang)
         if not clean:
             raise CorpusError(f"{path}, line {number} is empty; every line must hold a sentence.")
         cleaned.append(clean)
@@ -177,3 +185,90 @@ def load_multi30k(split: str, limit: int | None = None, folder: Path | None = No
         verify_file(paths[lang], sums[name])
     pairs = load_parallel(paths["de"], paths["en"])
     return pairs if limit is None else pairs[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tatoeba: a second, openly licensed corpus (CC BY 2.0 FR)
+# ---------------------------------------------------------------------------------------------
+
+TATOEBA_FILE = "deu.txt.gz"
+TATOEBA_SPLITS = ("train", "val", "test")
+TATOEBA_HELD_OUT_PERCENT = 2  # per held-out split
+
+
+def read_tab_pairs(path: Path) -> list[tuple[str, str]]:
+    """Read ``English<TAB>German`` lines (the manythings.org format) as (German, English) pairs.
+
+    A line without exactly two non-empty fields raises :class:`CorpusError` with its number.
+    """
+    pairs = []
+    for number, line in enumerate(decode_lines(path), start=1):
+        fields = line.split("\t")
+        de, en = (normalize(fields[1], "de"), normalize(fields[0], "en")) if len(fields) == 2 else ("", "")
+        if not (de and en):
+            raise CorpusError(
+                f"{path}, line {number}: expected 'English<TAB>German', got {len(fields)} field(s): {line[:80]!r}."
+            )
+        pairs.append((de, en))
+    return pairs
+
+
+def _components(pairs: list[tuple[str, str]]) -> list[str]:
+    """Connected components of the graph whose nodes are sentences and whose edges are pairs.
+
+    Two pairs that share a German or an English sentence land in the same component, so a split
+    by component never puts the same sentence in both training and test data.
+    """
+    parent: dict[str, str] = {}
+
+    def find(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for de, en in pairs:
+        a, b = find("de:" + de), find("en:" + en)
+        if a != b:
+            parent[a] = b
+    return [find("de:" + de) for de, _ in pairs]
+
+
+def load_tatoeba(split: str, limit: int | None = None, folder: Path | None = None) -> list[Pair]:
+    """Load a split of the Tatoeba German-English pairs as German -> English :class:`Pair`s.
+
+    The file has no official split. Pairs are grouped so that pairs sharing a sentence (one English
+    sentence often has several German translations) stay together, and each group is assigned to
+    ``val`` (2 %), ``test`` (2 %) or ``train`` (the rest) by a hash of its text: the split is the
+    same on every machine and does not leak sentences. The file is sorted by length, so ``limit``
+    takes a seeded random sample rather than the first (shortest) pairs.
+    """
+    if split not in TATOEBA_SPLITS:
+        raise ValueError(f"Unknown split {split!r}: choose one of {TATOEBA_SPLITS}.")
+    folder = Path(folder) if folder is not None else data_dir() / "tatoeba-deu-eng"
+    chosen = list(_tatoeba_splits(folder.resolve())[split])
+    if limit is not None and limit < len(chosen):
+        chosen = random.Random(0).sample(chosen, limit)
+    return chosen
+
+
+@functools.lru_cache(maxsize=2)
+def _tatoeba_splits(folder: Path) -> dict[str, tuple[Pair, ...]]:
+    sums = read_manifest(folder)
+    if TATOEBA_FILE not in sums:
+        raise CorpusError(f"{folder / 'SHA256SUMS'} has no entry for {TATOEBA_FILE}.")
+    verify_file(folder / TATOEBA_FILE, sums[TATOEBA_FILE])
+    pairs = read_tab_pairs(folder / TATOEBA_FILE)
+    groups = _components(pairs)
+    representative: dict[str, str] = {}
+    for (de, en), group in zip(pairs, groups, strict=True):
+        text = en + "\t" + de
+        if group not in representative or text < representative[group]:
+            representative[group] = text
+    splits: dict[str, list[Pair]] = {name: [] for name in TATOEBA_SPLITS}
+    held_out = TATOEBA_HELD_OUT_PERCENT
+    for (de, en), group in zip(pairs, groups, strict=True):
+        bucket = int(hashlib.sha256(representative[group].encode()).hexdigest()[:8], 16) % 100
+        name = "test" if bucket < held_out else "val" if bucket < 2 * held_out else "train"
+        splits[name].append(Pair(de, en))
+    return {name: tuple(chosen) for name, chosen in splits.items()}
