@@ -15,14 +15,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transformer-lesson needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
 
 lint: install
-	$(VENV)/bin/ruff check transformer_lesson tests notebooks benchmarks
+	$(VENV)/bin/ruff check $(wildcard transformer_lesson tests notebooks benchmarks)
 
 unit: install
 	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests
