@@ -70,3 +70,10 @@ def test_over_long_pairs_are_cut_with_a_warning():
         data = TranslationData([long, ("Ein Hund.", "A dog.")], tok, max_len=20)
     assert len(data.sources[0]) == 20 and len(data.targets[0]) == 20
     assert data.targets[0][-1] == EOS_ID
+
+
+def test_empty_sentences_are_refused_and_empty_lengths_still_count():
+    tok = multi30k_tokenizer(2000)
+    with pytest.raises(ValueError, match="Pair 1 has an empty side"):
+        TranslationData([("Ein Hund.", "A dog."), ("", "Nothing.")], tok)
+    assert len(token_budget_batches([0] * 10, max_tokens=4, shuffle=False)) == 3

@@ -30,7 +30,7 @@ def test_compare_reports_the_first_wrong_value():
     actual[1, 2] = 0.5
     with pytest.raises(CheckFailed, match=r"at index \[1, 2\] you have 0.5, expected 0"):
         compare(actual, expected, "out")
-    with pytest.raises(CheckFailed, match="2 part"):
+    with pytest.raises(CheckFailed, match=r"should return 2 value\(s\) but returned 1"):
         compare((actual,), (expected, expected), "out")
     with pytest.raises(CheckFailed, match="NaN"):
         compare(torch.full((2,), float("nan")), torch.zeros(2), "out")
@@ -77,9 +77,48 @@ def test_pad_exercise_accepts_the_reference():
         (lambda s, p: tuple(t.T for t in pad_sequences(s, p)), "look swapped"),
         (lambda s, p: (pad_sequences(s, p)[0], pad_sequences(s, p)[1].long()), "boolean tensor"),
         (lambda s, p: (pad_sequences(s, p)[0].int(), pad_sequences(s, p)[1]), "dtype torch.int32"),
-        (lambda s, p: pad_sequences(s, p)[0], "part"),
+        (lambda s, p: pad_sequences(s, p)[0], "should return 2 values"),
     ],
 )
 def test_pad_exercise_diagnoses_common_mistakes(wrong, message):
     with pytest.raises(CheckFailed, match=message):
         check_pad_sequences(wrong)
+
+
+def _first_length_answer(sequences, pad_id):
+    width = len(sequences[0])
+    ids = torch.full((len(sequences), width), pad_id)
+    for row, seq in enumerate(sequences):
+        ids[row, : min(width, len(seq))] = torch.tensor(seq[:width])
+    return ids, ids != pad_id
+
+
+def _mutating_answer(sequences, pad_id):
+    longest = max(map(len, sequences))
+    for seq in sequences:
+        seq.extend([pad_id] * (longest - len(seq)))
+    ids = torch.tensor(sequences)
+    return ids, ids != pad_id
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (_mutating_answer, "changed its input 'sequences' in place"),
+        (lambda s, p: None, "returned None: did you forget the `return`"),
+        (lambda s, p: [list(x) + [p] * (max(map(len, s)) - len(x)) for x in s],
+         "should be a torch.Tensor but is a list|should return 2"),
+        (lambda s, p: tuple(t.tolist() for t in pad_sequences(s, p)), r"\[0\] should be a torch.Tensor but is a list"),
+        (lambda s, p: pad_sequences(s, p)[::-1], "check the order of the values you return"),
+        (lambda s, p: (pad_sequences(s, p)[0], pad_sequences(s, p)[0] != 0), "compares the ids with 0"),
+        (_first_length_answer, "length of the first sequence"),
+    ],
+)
+def test_pad_exercise_more_mistakes(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        check_pad_sequences(wrong)
+
+
+def test_failure_message_shows_the_failing_input():
+    with pytest.raises(CheckFailed, match=r"inputs: sequences = \[\[.*pad_id = \d"):
+        check_pad_sequences(lambda s, p: (pad_sequences(s, p)[0], pad_sequences(s, p)[1].roll(1, 1)))

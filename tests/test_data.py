@@ -135,3 +135,13 @@ def test_tatoeba_malformed_line_is_named(tmp_path):
     (tmp_path / "SHA256SUMS").write_text(f"{digest}  deu.txt.gz\n")
     with pytest.raises(CorpusError, match=r"deu.txt.gz, line 2: expected 'English<TAB>German', got 1 field"):
         load_tatoeba("train", folder=tmp_path)
+
+
+def test_limit_must_be_a_count():
+    with pytest.raises(ValueError, match="non-negative"):
+        load_multi30k("val", limit=-1)
+
+
+def test_every_odd_whitespace_becomes_a_space():
+    assert normalize("a\u2002b\u3000c\td\u200ae") == "a b c d e"
+    assert normalize("the 's' shape", "en") == "the 's' shape"

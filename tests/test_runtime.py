@@ -62,3 +62,8 @@ def test_environment_report_names_mode_and_device():
     assert report["mode"] == runtime.mode()
     assert report["torch"] == torch.__version__
     assert report["device"] in ("cpu", "cuda", "mps")
+
+
+def test_device_names_are_case_insensitive(monkeypatch):
+    monkeypatch.setenv("TL_DEVICE", " CPU ")
+    assert runtime.get_device() == torch.device("cpu")

@@ -64,3 +64,15 @@ def test_bad_settings_are_refused():
         tk.train_tokenizer(["a b c"], 100)
     with pytest.raises(ValueError, match="no text"):
         tk.train_tokenizer([], 1000)
+
+
+def test_a_damaged_cache_file_is_retrained(tmp_path, monkeypatch):
+    monkeypatch.setenv(tk.CACHE_ENV, str(tmp_path / "new"))
+    texts = [p.tgt for p in load_multi30k("val")]
+    good = tk.train_tokenizer(texts, 400)
+    (cached,) = (tmp_path / "new").glob("spm-*.model")
+    cached.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable cached tokenizer"):
+        again = tk.train_tokenizer(texts, 400)
+    assert again.fingerprint == good.fingerprint
+    assert tk.Tokenizer.load(cached).fingerprint == good.fingerprint  # the cache was repaired

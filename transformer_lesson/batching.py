@@ -55,7 +55,7 @@ class Batch:
     tgt_mask: torch.Tensor
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -98,6 +98,7 @@ def token_budget_batches(
     order = list(range(len(lengths)))
     if shuffle:
         rng.shuffle(order)  # random tie-break, as the sort below is stable
+    lengths = [max(1, n) for n in lengths]  # an empty example still takes a row
     order.sort(key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -127,6 +128,9 @@ class TranslationData:
         if max_len < 3:
             raise ValueError(f"max_len must be at least 3 (<bos>, a token, <eos>), got {max_len}.")
         self.pairs = list(pairs)
+        for number, (src, tgt) in enumerate(self.pairs):
+            if not src.strip() or not tgt.strip():
+                raise ValueError(f"Pair {number} has an empty side ({src!r}, {tgt!r}); every pair needs two sentences.")
         sources = tokenizer.encode_batch([p[0] for p in self.pairs])
         targets = tokenizer.encode_batch([p[1] for p in self.pairs], bos=True, eos=True)
         cut = 0

@@ -49,17 +49,18 @@ def data_dir() -> Path:
 # Cleaning
 # ---------------------------------------------------------------------------------------------
 
-_SPACES = re.compile("[\u00a0\u202f\u2007\u2009\t]")
+_SPACES = re.compile(r"[^\S ]")  # any whitespace but the plain space: tabs, NBSP, thin spaces...
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u00ad\ufeff]")
-_PRETOKENISED_CONTRACTION = re.compile(r"(\w) '(s|re|m|ve|ll|d|t)\b")
+_PRETOKENISED_CONTRACTION = re.compile(r"(\w) '(s|re|m|ve|ll|d)(?=[ .,!?;:]|$)")
 _MULTIPLE_SPACES = re.compile(r" {2,}")
 
 
 def normalize(text: str, lang: str | None = None) -> str:
     """Clean one sentence of the noise found in Multi30k (and Tatoeba).
 
-    HTML entities are decoded (``&amp;`` -> ``&``), non-breaking and other odd spaces become plain
-    spaces, invisible characters (zero-width space, soft hyphen) go, runs of spaces collapse and
+    HTML entities are decoded (``&amp;`` -> ``&``), every whitespace character other than the
+    plain space (tabs, non-breaking and thin spaces) becomes a plain space, invisible characters
+    (zero-width space, soft hyphen) go, runs of spaces collapse and
     the ends are stripped. Text is put in Unicode NFC form, so that ``ü`` is one code point.
     For English, the few pre-tokenised contractions (``they 're``) are joined again.
     """
@@ -184,7 +185,13 @@ def load_multi30k(split: str, limit: int | None = None, folder: Path | None = No
         paths[lang] = folder / name
         verify_file(paths[lang], sums[name])
     pairs = load_parallel(paths["de"], paths["en"])
-    return pairs if limit is None else pairs[:limit]
+    return pairs if limit is None else pairs[:_check_limit(limit)]
+
+
+def _check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative number of pairs, got {limit!r}.")
+    return limit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def load_tatoeba(split: str, limit: int | None = None, folder: Path | None = Non
         raise ValueError(f"Unknown split {split!r}: choose one of {TATOEBA_SPLITS}.")
     folder = Path(folder) if folder is not None else data_dir() / "tatoeba-deu-eng"
     chosen = list(_tatoeba_splits(folder.resolve())[split])
-    if limit is not None and limit < len(chosen):
+    if limit is not None and _check_limit(limit) < len(chosen):
         chosen = random.Random(0).sample(chosen, limit)
     return chosen
 

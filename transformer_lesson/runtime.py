@@ -61,7 +61,7 @@ def get_device(require: str | None = None) -> torch.device:
     missing, instead of silently training for hours on a CPU. The variable ``TL_DEVICE`` overrides
     the automatic choice (for example ``TL_DEVICE=cpu`` on a machine with a GPU).
     """
-    wanted = require or os.environ.get(DEVICE_ENV) or None
+    wanted = (require or os.environ.get(DEVICE_ENV) or "").strip().lower() or None
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
@@ -83,7 +83,10 @@ def get_device(require: str | None = None) -> torch.device:
                 f"To run on the CPU anyway (slowly, or in quick mode with {QUICK_ENV}=1), "
                 f"ask for 'cpu'."
             )
-        return torch.device(wanted)
+        device = torch.device(wanted)
+        if kind == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{wanted!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s).")
+        return device
     for kind in ("cuda", "mps"):
         if available[kind]:
             return torch.device(kind)
@@ -125,7 +128,11 @@ def amp_settings(device: torch.device | str) -> AmpSettings:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) so that a run can be repeated."""
+    """Seed Python, NumPy and PyTorch (all devices) so that a run can be repeated.
+
+    On a CPU that makes results identical from run to run. On a GPU some kernels are not
+    deterministic, so numbers can differ in the last digits.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -7,7 +7,9 @@ settings, so a second call loads it instantly.
 
 Ids 0-3 are the special tokens ``<pad>``, ``<bos>``, ``<eos>`` and ``<unk>``. Byte fallback is on:
 a character never seen in training (an emoji, a Cyrillic letter) is spelled as its UTF-8 bytes
-instead of becoming ``<unk>``, so ``decode(encode(text)) == text`` for any text.
+instead of becoming ``<unk>``. So for cleaned text (single spaces, none at the ends, as
+:func:`transformer_lesson.data.normalize` makes it) ``decode(encode(text)) == text`` exactly;
+SentencePiece itself collapses runs of spaces.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -27,9 +30,7 @@ CACHE_ENV = "TL_CACHE_DIR"
 
 def cache_dir() -> Path:
     """Where trained tokenizers are kept: ``$TL_CACHE_DIR`` or ``~/.cache/transformer-lesson``."""
-    folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transformer-lesson")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transformer-lesson")
 
 
 class Tokenizer:
@@ -139,11 +140,16 @@ def train_tokenizer(
         key.update(b"\n")
     path = cache_dir() / f"spm-{model_type}-{vocab_size}-{key.hexdigest()[:16]}.model"
     if use_cache and path.is_file():
-        return Tokenizer.load(path)
+        try:
+            return Tokenizer.load(path)
+        except Exception as error:  # a damaged cache file: say so, then train again and replace it
+            warnings.warn(f"Ignoring the unreadable cached tokenizer {path} ({error}); training a new one.",
+                          stacklevel=2)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, **settings)
     tokenizer = Tokenizer(model.getvalue())
     if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tokenizer.save(tmp)
         tmp.replace(path)  # atomic: a parallel run never reads a half-written file

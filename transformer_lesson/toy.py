@@ -5,8 +5,9 @@ a known right answer, so the tests can demand that a model *learns* (exact-match
 rather than that it merely runs.
 
 * ``copy``: output the input.
-* ``reverse``: output the input backwards (the first output token depends on the *last* input
-  token, which is hard for an encoder-decoder that squeezes the input into one vector).
+* ``reverse``: output the input backwards. The *last* output token depends on the *first* input
+  token, which an encoder that reads left to right saw longest ago: hard for an encoder-decoder
+  that squeezes the input into one vector, easy with attention.
 * ``sort``: output the input's symbols in ascending order.
 
 Sequences use the same special ids as the real tokenizer (0-3: pad, bos, eos, unk) and symbols

@@ -31,10 +31,25 @@ def _zero_padding(sequences, pad_id):
     return pad_sequences(sequences, 0)
 
 
+def _mask_against_zero(sequences, pad_id):
+    ids, _ = pad_sequences(sequences, pad_id)
+    return ids, ids != 0
+
+
+def _first_length(sequences, pad_id):
+    width = len(sequences[0])
+    ids, mask = pad_sequences([list(s[:width]) for s in sequences], pad_id)
+    pad = width - ids.shape[1]
+    return torch.nn.functional.pad(ids, (0, pad), value=pad_id), torch.nn.functional.pad(mask, (0, pad))
+
+
 PAD_MISTAKES = (
     Mistake("the padding is on the left. Put each sequence first and the padding after it.", _left_padded),
     Mistake("the mask is inverted. It must be True at real tokens and False at padding.", _inverted_mask),
     Mistake("you padded with 0 instead of the `pad_id` argument.", _zero_padding),
+    Mistake("the mask compares the ids with 0; compare with `pad_id` (or, better, with the lengths).",
+            _mask_against_zero),
+    Mistake("you used the length of the first sequence; pad to the length of the longest.", _first_length),
 )
 
 

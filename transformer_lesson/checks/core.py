@@ -12,6 +12,7 @@ failure) and print one line when they pass.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,32 +75,63 @@ def expect_shape(
     raise CheckFailed("\n".join(lines))
 
 
-def _flatten(value: Any, name: str) -> list[tuple[str, Any]]:
-    if isinstance(value, tuple | list):
+def _leaves(actual: Any, expected: Any, name: str) -> list[tuple[str, Any, Any]]:
+    """Pair up the parts of ``actual`` with those of ``expected``, following ``expected``'s structure.
+
+    Raises :class:`CheckFailed` when the structure differs (None, a list where a tuple of tensors
+    was expected, the wrong number of values).
+    """
+    if isinstance(expected, tuple | list):
+        if actual is None:
+            raise CheckFailed(f"{name} returned None: did you forget the `return` statement?")
+        if not isinstance(actual, tuple | list):
+            raise CheckFailed(
+                f"{name} should return {len(expected)} values (a tuple) but returned a "
+                f"{type(actual).__name__}."
+            )
+        if len(actual) != len(expected):
+            raise CheckFailed(
+                f"{name} should return {len(expected)} value(s) but returned {len(actual)}: "
+                f"did you return the right number of values?"
+            )
         out = []
-        for i, item in enumerate(value):
-            out.extend(_flatten(item, f"{name}[{i}]"))
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            out.extend(_leaves(a, e, f"{name}[{i}]"))
         return out
-    return [(name, value)]
+    if actual is None and expected is not None:
+        raise CheckFailed(f"{name} is None: did you forget the `return` statement?")
+    return [(name, actual, expected)]
 
 
 def _close(actual: Any, expected: Any, atol: float, rtol: float) -> bool:
-    """True when every leaf of ``actual`` matches ``expected`` (same structure, shape, values)."""
-    a_leaves, e_leaves = _flatten(actual, "x"), _flatten(expected, "x")
-    if len(a_leaves) != len(e_leaves):
+    """True when every part of ``actual`` matches ``expected`` (same structure, shape, values)."""
+    try:
+        leaves = _leaves(actual, expected, "x")
+    except CheckFailed:
         return False
-    for (_, a), (_, e) in zip(a_leaves, e_leaves, strict=True):
+    for _, a, e in leaves:
         if isinstance(e, torch.Tensor):
             if not isinstance(a, torch.Tensor) or a.shape != e.shape:
                 return False
             if a.dtype == torch.bool or e.dtype == torch.bool:
                 if not torch.equal(a.bool(), e.bool()):
                     return False
-            elif not torch.allclose(a.to(e.dtype), e, atol=atol, rtol=rtol, equal_nan=True):
+            elif not torch.allclose(a.detach().to(e.dtype), e, atol=atol, rtol=rtol, equal_nan=True):
                 return False
         elif a != e:
             return False
     return True
+
+
+def _order_hint(leaf_name: str, actual: Any, leaves: list[tuple[str, Any, Any]]) -> str:
+    """A hint when a returned value looks like another expected one (values in the wrong order)."""
+    if not isinstance(actual, torch.Tensor):
+        return ""
+    for other_name, _, e in leaves:
+        if other_name != leaf_name and isinstance(e, torch.Tensor) and e.dtype == actual.dtype \
+                and e.shape == actual.shape:
+            return f"\n  {leaf_name} looks like {other_name} should: check the order of the values you return."
+    return ""
 
 
 def compare(
@@ -113,47 +145,55 @@ def compare(
     """Raise :class:`CheckFailed` describing the first difference between two (nested) outputs.
 
     ``dims`` names the dimensions, either one sequence for a single tensor or a mapping from the
-    leaf's name (``"output[1]"``) to a sequence.
+    part's name (``"output[1]"``) to a sequence.
     """
-    a_leaves, e_leaves = _flatten(actual, name), _flatten(expected, name)
-    if len(a_leaves) != len(e_leaves):
-        raise CheckFailed(
-            f"{name} should have {len(e_leaves)} part(s) but has {len(a_leaves)}: "
-            f"did you return the right number of values?"
-        )
-    for (leaf_name, a), (_, e) in zip(a_leaves, e_leaves, strict=True):
-        if not isinstance(e, torch.Tensor):
-            if a != e:
-                raise CheckFailed(f"{leaf_name} is {a!r} but {e!r} was expected.")
-            continue
-        leaf_dims = dims.get(leaf_name) if isinstance(dims, Mapping) else dims
-        expect_shape(a, tuple(e.shape), leaf_name, leaf_dims)
-        if e.dtype == torch.bool:
-            if a.dtype != torch.bool:
-                raise CheckFailed(f"{leaf_name} should be a boolean tensor but has dtype {a.dtype}.")
-            if not torch.equal(a, e):
-                where = (a != e).nonzero()[0].tolist()
-                raise CheckFailed(
-                    f"{leaf_name} differs from the expected mask, first at index {where}: "
-                    f"got {a[tuple(where)].item()}, expected {e[tuple(where)].item()}."
-                )
-            continue
-        if e.is_floating_point() != a.is_floating_point():
-            raise CheckFailed(f"{leaf_name} has dtype {a.dtype} but {e.dtype} was expected.")
-        if not e.is_floating_point() and a.dtype != e.dtype:
-            raise CheckFailed(f"{leaf_name} has dtype {a.dtype} but {e.dtype} was expected.")
-        a_cmp = a.detach().to(e.dtype)
-        if torch.isnan(a_cmp).any() and not torch.isnan(e).any():
-            raise CheckFailed(f"{leaf_name} contains NaN where the reference has none.")
-        if not torch.allclose(a_cmp, e, atol=atol, rtol=rtol, equal_nan=True):
-            diff = (a_cmp - e).abs().nan_to_num(nan=math.inf)
-            idx = tuple(torch.unravel_index(diff.argmax(), diff.shape))
-            idx_list = [int(i) for i in idx]
+    leaves = _leaves(actual, expected, name)
+    for leaf_name, a, e in leaves:
+        try:
+            _compare_leaf(leaf_name, a, e, dims, atol, rtol)
+        except CheckFailed as failure:
+            raise CheckFailed(f"{failure}{_order_hint(leaf_name, a, leaves)}") from None
+
+
+def _compare_leaf(leaf_name, a, e, dims, atol, rtol) -> None:
+    if not isinstance(e, torch.Tensor):
+        if a != e:
+            raise CheckFailed(f"{leaf_name} is {a!r} but {e!r} was expected.")
+        return
+    leaf_dims = dims.get(leaf_name) if isinstance(dims, Mapping) else dims
+    expect_shape(a, tuple(e.shape), leaf_name, leaf_dims)
+    if e.dtype == torch.bool:
+        if a.dtype != torch.bool:
+            raise CheckFailed(f"{leaf_name} should be a boolean tensor but has dtype {a.dtype}.")
+        if not torch.equal(a, e):
+            where = (a != e).nonzero()[0].tolist()
             raise CheckFailed(
-                f"{leaf_name} has the right shape but wrong values: at index {idx_list} you "
-                f"have {a_cmp[idx].item():.6g}, expected {e[idx].item():.6g} "
-                f"(largest difference {diff.max().item():.3g})."
+                f"{leaf_name} differs from the expected mask, first at index {where}: "
+                f"got {a[tuple(where)].item()}, expected {e[tuple(where)].item()}."
             )
+        return
+    if e.is_floating_point() != a.is_floating_point() or (not e.is_floating_point() and a.dtype != e.dtype):
+        raise CheckFailed(f"{leaf_name} has dtype {a.dtype} but {e.dtype} was expected.")
+    if not e.is_floating_point():
+        if not torch.equal(a, e):
+            where = (a != e).nonzero()[0].tolist()
+            raise CheckFailed(
+                f"{leaf_name} has the right shape but wrong values: first at index {where} you have "
+                f"{a[tuple(where)].item()}, expected {e[tuple(where)].item()}."
+            )
+        return
+    a_cmp = a.detach().to(e.dtype)
+    if torch.isnan(a_cmp).any() and not torch.isnan(e).any():
+        raise CheckFailed(f"{leaf_name} contains NaN where the reference has none.")
+    if not torch.allclose(a_cmp, e, atol=atol, rtol=rtol, equal_nan=True):
+        diff = (a_cmp - e).abs().nan_to_num(nan=math.inf)
+        idx = tuple(torch.unravel_index(diff.argmax(), diff.shape))
+        idx_list = [int(i) for i in idx]
+        raise CheckFailed(
+            f"{leaf_name} has the right shape but wrong values: at index {idx_list} you "
+            f"have {a_cmp[idx].item():.6g}, expected {e[idx].item():.6g} "
+            f"(largest difference {diff.max().item():.3g})."
+        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +209,25 @@ class Mistake:
 
 
 def _clone_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return {k: copy.deepcopy(v) for k, v in inputs.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and torch.equal(a, b)
+    return a == b
+
+
+def _describe_inputs(inputs: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            parts.append(f"{key}: shape {describe_shape(tuple(value.shape))}")
+        else:
+            text = repr(value)
+            parts.append(f"{key} = {text if len(text) <= 200 else text[:200] + '...'}")
+    return ", ".join(parts)
 
 
 def check_against(
@@ -200,20 +258,16 @@ def check_against(
         given = _clone_inputs(inputs)
         actual = student(*given.values())
         for key, value in given.items():
-            if isinstance(value, torch.Tensor) and not torch.equal(value, inputs[key]):
+            if not _same(value, inputs[key]):
                 raise CheckFailed(
-                    f"{name} changed its input {key!r} in place. Compute a new tensor instead "
-                    f"(for example `x = x + 1` rather than `x += 1`)."
+                    f"{name} changed its input {key!r} in place. Leave the inputs as they are and "
+                    f"build new objects (for example `x = x + 1` rather than `x += 1`, or a new list "
+                    f"rather than `.append` on an input)."
                 )
         try:
             compare(actual, expected, name=f"{name}(...)", dims=dims, atol=atol, rtol=rtol)
         except CheckFailed as failure:
-            shapes = ", ".join(
-                f"{k}: {describe_shape(tuple(v.shape))}"
-                for k, v in inputs.items()
-                if isinstance(v, torch.Tensor)
-            )
-            context = f"\n(trial {trial + 1} of {trials}, inputs {shapes})" if shapes else ""
+            context = f"\n(trial {trial + 1} of {trials}; inputs: {_describe_inputs(inputs)})"
             for mistake in mistakes:
                 try:
                     buggy = mistake.implementation(*_clone_inputs(inputs).values())
