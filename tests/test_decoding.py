@@ -1,0 +1,74 @@
+"""The incremental-decoder protocol and greedy decoding."""
+
+import pytest
+import torch
+from torch import nn
+
+from transformer_lesson.batching import pad_sequences
+from transformer_lesson.checks.core import CheckFailed
+from transformer_lesson.checks.seq2seq import DECODE_MISTAKES, check_greedy_decode
+from transformer_lesson.decoding import greedy_decode, reorder_state
+from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
+from transformer_lesson.tokenizer import BOS_ID, EOS_ID
+
+
+class Scripted(nn.Module):
+    """A fake model that emits fixed token sequences, one per batch row, then <eos> forever."""
+
+    def __init__(self, scripts, vocab=20):
+        super().__init__()
+        self.scripts, self.vocab, self.seen = scripts, vocab, []
+
+    def start_decoding(self, src, src_mask):
+        return {"row": torch.arange(src.shape[0]), "t": torch.zeros(src.shape[0], dtype=torch.long)}
+
+    def decode_step(self, state, last_tokens):
+        self.seen.append(last_tokens.tolist())
+        logits = torch.zeros(len(state["row"]), self.vocab)
+        for i, (row, t) in enumerate(zip(state["row"].tolist(), state["t"].tolist(), strict=True)):
+            script = self.scripts[row]
+            logits[i, script[t] if t < len(script) else EOS_ID] = 1.0
+        return logits, {**state, "t": state["t"] + 1}
+
+
+def test_greedy_stops_each_sentence_at_its_own_eos_and_feeds_back_tokens():
+    model = Scripted([[5, 6, EOS_ID, 9], [7, EOS_ID], [8, 8, 8, 8, 8, 8]]).train()
+    src, mask = pad_sequences([[4], [4], [4]])
+    assert greedy_decode(model, src, mask, max_len=4) == [[5, 6], [7], [8, 8, 8, 8]]
+    assert model.seen[0] == [BOS_ID] * 3 and model.seen[1] == [5, 7, 8]
+    assert model.training  # eval mode during decoding, restored afterwards
+    model.seen.clear()
+    greedy_decode(model, src[:2], mask[:2], max_len=10)
+    assert len(model.seen) == 3  # stops once every sentence has ended
+
+
+def test_batched_greedy_equals_one_sentence_at_a_time():
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(Seq2SeqConfig(vocab_size=10, d_embed=8, d_hidden=16, n_layers=2))
+    sentences = [[4, 5, 6, 7, 8, 9], [5, 5], [9, 8, 7]]
+    together = greedy_decode(model, *pad_sequences(sentences), max_len=8)
+    alone = [greedy_decode(model, *pad_sequences([s]), max_len=8)[0] for s in sentences]
+    assert together == alone
+
+
+def test_reorder_state_selects_rows_of_every_tensor():
+    state = {"hidden": torch.arange(6.0).reshape(3, 2), "mask": torch.tensor([True, False, True])}
+    out = reorder_state(state, torch.tensor([2, 2, 0]))
+    assert out["hidden"].tolist() == [[4, 5], [4, 5], [0, 1]]
+    assert out["mask"].tolist() == [True, True, True]
+
+
+def test_check_accepts_the_reference_and_names_each_mistake():
+    check_greedy_decode(greedy_decode)
+    for mistake in DECODE_MISTAKES:
+        with pytest.raises(CheckFailed, match="Likely cause") as failure:
+            check_greedy_decode(mistake.implementation)
+        assert mistake.advice in str(failure.value)
+
+
+def test_check_refuses_a_tensor_answer():
+    def as_tensor(model, src, src_mask, max_len):
+        return torch.tensor([row + [0] * (max_len - len(row)) for row in greedy_decode(model, src, src_mask, max_len)])
+
+    with pytest.raises(CheckFailed, match="list of lists"):
+        check_greedy_decode(as_tensor)

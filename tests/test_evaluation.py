@@ -1,0 +1,93 @@
+"""Translating text (including bad input) and scoring it with BLEU."""
+
+import math
+import warnings
+
+import pytest
+import sacrebleu
+import torch
+from torch import nn
+
+from transformer_lesson.evaluation import (
+    bleu_by_length,
+    corpus_bleu,
+    evaluate_bleu,
+    exact_match,
+    tokenized_bleu,
+    translate,
+)
+from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
+from transformer_lesson.tokenizer import EOS_ID, multi30k_tokenizer
+from transformer_lesson.toy import toy_batch
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return multi30k_tokenizer(8000)
+
+
+class Copier(nn.Module):
+    """A perfect 'translator' for the identity task: it emits the source tokens, then <eos>."""
+
+    def start_decoding(self, src, src_mask):
+        return {"src": src.masked_fill(~src_mask, EOS_ID), "t": torch.zeros(len(src), dtype=torch.long)}
+
+    def decode_step(self, state, last_tokens):
+        src, t = state["src"], state["t"]
+        padded = torch.cat([src, torch.full((len(src), 1), EOS_ID)], dim=1)
+        next_tokens = padded.gather(1, t.clamp(max=src.shape[1])[:, None])[:, 0]
+        return nn.functional.one_hot(next_tokens, 8000).float(), {**state, "t": t + 1}
+
+
+def test_bleu_functions_match_sacrebleu_and_say_which_is_which():
+    hyps = ["A man rides a bike .", "two dogs play in the snow"]
+    refs = ["A man is riding a bike .", "Two dogs play in the snow ."]
+    assert corpus_bleu(hyps, refs).score == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert corpus_bleu(refs, refs).score == pytest.approx(100.0)
+    upper = [r.upper() for r in refs]
+    assert tokenized_bleu(upper, refs).score == pytest.approx(100.0)  # lowercased
+    assert corpus_bleu(upper, refs).score < 10  # the standard metric is cased
+    expected = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True, tokenize="13a").score
+    assert tokenized_bleu(hyps, refs).score == pytest.approx(expected)
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        corpus_bleu(hyps, refs[:1])
+
+
+def test_bleu_by_length_scores_each_bucket_on_its_own_sentences():
+    sources = ["a b", "a b c d e", "a b c d e f", "x"]
+    refs = ["the cat sat on the mat", "a dog ran in the park today", "he is here now", "yes it is so"]
+    hyps = ["the cat sat on the mat", "a dog ran in a park", "she was there", "yes it is so"]
+    buckets = bleu_by_length(sources, hyps, refs, buckets=((1, 2), (3, 6), (7, 9)))
+    assert [b.count for b in buckets] == [2, 2, 0]
+    assert buckets[0].bleu == pytest.approx(100.0)
+    assert buckets[1].bleu == pytest.approx(tokenized_bleu(hyps[1:3], refs[1:3]).score)
+    assert math.isnan(buckets[2].bleu) and buckets[1].label == "3-6"
+
+
+def test_translate_round_trips_with_a_copying_model(tokenizer):
+    sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee, während es schneit.", "Hallo"]
+    assert translate(Copier(), tokenizer, sentences, "cpu", batch_size=2) == sentences
+    assert translate(Copier(), tokenizer, "Ein Hund.", "cpu") == "Ein Hund."
+    pairs = list(zip(sentences, sentences, strict=True))
+    report = evaluate_bleu(Copier(), tokenizer, pairs, "cpu")
+    assert report.bleu.score == pytest.approx(100.0) and "sacreBLEU 100.00" in str(report)
+
+
+def test_translate_survives_bad_input(tokenizer):
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(Seq2SeqConfig(vocab_size=tokenizer.vocab_size, d_embed=8, d_hidden=8))
+    with pytest.warns(UserWarning, match="empty"):
+        out = translate(model, tokenizer, ["", "  ", "Ein Hund."], "cpu", max_len=5)
+    assert out[:2] == ["", ""] and isinstance(out[2], str)
+    with pytest.warns(UserWarning, match="truncated"):
+        translate(model, tokenizer, ["Hund " * 400], "cpu", max_len=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strange = translate(Copier(), tokenizer, ["Привет 🙂 日本"], "cpu")
+    assert strange == ["Привет 🙂 日本"]  # byte fallback: no <unk>, nothing lost
+    assert translate(model, tokenizer, [], "cpu") == []
+
+
+def test_exact_match_counts_whole_sequences():
+    batch = toy_batch("copy", 5, 2, 6, 8, torch.Generator().manual_seed(0))
+    assert exact_match(Copier(), batch) == 1.0

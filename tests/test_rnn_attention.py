@@ -1,0 +1,99 @@
+"""Lesson 03: additive attention, the attention decoder, and that attention helps on long inputs."""
+
+import pytest
+import torch
+
+from transformer_lesson.batching import pad_sequences
+from transformer_lesson.checks.core import CheckFailed
+from transformer_lesson.checks.rnn_attention import ATTENTION_MISTAKES, check_additive_attention
+from transformer_lesson.evaluation import exact_match
+from transformer_lesson.rnn_attention import AdditiveAttention, AttentionGRUSeq2Seq, additive_attention
+from transformer_lesson.runtime import seed_everything
+from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
+from transformer_lesson.toy import toy_batch, toy_vocab_size
+from transformer_lesson.training import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_module_equals_function_and_weights_are_a_distribution():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(5, 7, 6)
+    query, keys = torch.randn(3, 5), torch.randn(3, 4, 7)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+    context, weights = attention(query, keys, mask)
+    expected = additive_attention(query, keys, mask, attention.W_query.weight, attention.W_key.weight,
+                                  attention.v.weight[0])
+    torch.testing.assert_close((context, weights), expected)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    assert (weights[~mask] == 0).all()
+    torch.testing.assert_close(context[2], keys[2, 0])  # one real token: all weight on it
+
+
+def test_alignments_and_padding_invariance():
+    torch.manual_seed(0)
+    model = AttentionGRUSeq2Seq(Seq2SeqConfig(vocab_size=12, d_embed=8, d_hidden=16, d_attention=8,
+                                              dropout=0.0)).eval()
+    src, src_mask = pad_sequences([[4, 5, 6, 7, 8], [9, 10]])
+    tgt_in = torch.tensor([[1, 4, 5], [1, 6, 7]])
+    logits, weights = model.align(src, src_mask, tgt_in)
+    assert logits.shape == (2, 3, 12) and weights.shape == (2, 3, 5)
+    assert (weights[1, :, 2:] == 0).all()
+    alone_logits, alone_weights = model.align(*pad_sequences([[9, 10]]), tgt_in[1:])
+    torch.testing.assert_close(logits[1], alone_logits[0])
+    torch.testing.assert_close(weights[1, :, :2], alone_weights[0])
+    state = model.start_decoding(src, src_mask)
+    assert all(v.shape[0] == 2 for v in state.values())  # batch first, for beam search
+
+
+def test_check_accepts_the_reference():
+    check_additive_attention(additive_attention)
+
+
+@pytest.mark.parametrize("mistake", ATTENTION_MISTAKES, ids=lambda m: m.advice[:30])
+def test_check_names_each_mistake(mistake):
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_additive_attention(mistake.implementation)
+    assert mistake.advice in str(failure.value)
+
+
+def test_check_says_when_outputs_are_swapped():
+    def transposed_weights(query, keys, mask, W_query, W_key, v):
+        context, weights = additive_attention(query, keys, mask, W_query, W_key, v)
+        return context, weights.T
+
+    with pytest.raises(CheckFailed, match="batch and source look swapped"):
+        check_additive_attention(transposed_weights)
+
+
+def train_on_reverse(model_class, steps, min_len, max_len, d_hidden, n_symbols=8, seed=0):
+    """Train on the toy reverse task; return exact-match accuracy on 300 fresh sequences."""
+    seed_everything(seed)
+    config = Seq2SeqConfig(vocab_size=toy_vocab_size(n_symbols), d_embed=32, d_hidden=d_hidden,
+                           dropout=0.0, d_attention=d_hidden)
+    model = model_class(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = torch.Generator().manual_seed(seed + 1)
+    trainer = Trainer(model, optimizer, "cpu", progress=False)
+    trainer.fit(lambda epoch: (toy_batch("reverse", 64, min_len, max_len, n_symbols, data)
+                               for _ in range(steps)), epochs=1)
+    test = toy_batch("reverse", 300, min_len, max_len, n_symbols, torch.Generator().manual_seed(999))
+    return exact_match(model, test)
+
+
+def test_attention_beats_a_single_context_vector_on_long_sequences():
+    with_attention = train_on_reverse(AttentionGRUSeq2Seq, steps=300, min_len=10, max_len=14, d_hidden=64)
+    without = train_on_reverse(GRUSeq2Seq, steps=300, min_len=10, max_len=14, d_hidden=64)
+    assert with_attention >= 0.9, f"attention: exact match {with_attention:.1%}"
+    assert with_attention > without + 0.5, f"attention {with_attention:.1%} vs none {without:.1%}"
+
+
+def test_toy_batch_is_used_consistently():
+    batch = toy_batch("reverse", 2, 3, 3, 8, torch.Generator().manual_seed(0))
+    assert batch.tgt_out[:, :3].flip(1).tolist() == batch.src.tolist()

@@ -1,0 +1,115 @@
+"""Lesson 02: the GRU encoder-decoder, its exercise checks, and that it learns the reverse task."""
+
+import time
+
+import pytest
+import torch
+
+from transformer_lesson.batching import pad_sequences
+from transformer_lesson.checks.core import CheckFailed
+from transformer_lesson.checks.seq2seq import (
+    LAST_STATE_MISTAKES,
+    LOSS_MISTAKES,
+    check_last_real_state,
+    check_sequence_loss,
+)
+from transformer_lesson.evaluation import exact_match
+from transformer_lesson.runtime import seed_everything
+from transformer_lesson.seq2seq import GRUEncoder, GRUSeq2Seq, Seq2SeqConfig, last_real_state
+from transformer_lesson.toy import toy_batch, toy_vocab_size
+from transformer_lesson.training import Trainer, sequence_loss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(**overrides):
+    return Seq2SeqConfig(**{"vocab_size": 12, "d_embed": 8, "d_hidden": 16, "dropout": 0.0, **overrides})
+
+
+def test_encoder_ignores_padding():
+    torch.manual_seed(0)
+    encoder = GRUEncoder(small_config(n_layers=2), bidirectional=True).eval()
+    sentences = [[4, 5, 6, 7, 8], [9, 10]]
+    src, mask = pad_sequences(sentences)
+    outputs, final = encoder(src, mask)
+    alone_outputs, alone_final = encoder(*pad_sequences([sentences[1]]))
+    torch.testing.assert_close(final[1], alone_final[0])
+    torch.testing.assert_close(outputs[1, :2], alone_outputs[0])
+    assert final.shape == (2, 4, 16)  # batch first: (B, dirs * layers, H)
+
+
+def test_last_real_state_is_the_encoders_final_state():
+    torch.manual_seed(0)
+    encoder = GRUEncoder(small_config()).eval()
+    src, mask = pad_sequences([[4, 5, 6, 7], [8, 9], [10]])
+    outputs, final = encoder(src, mask)
+    torch.testing.assert_close(last_real_state(outputs, mask), final[:, -1])
+
+
+def test_teacher_forced_logits_equal_step_by_step_decoding():
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(small_config(n_layers=2)).eval()
+    batch = toy_batch("reverse", 3, 2, 6, 8, torch.Generator().manual_seed(0))
+    logits = model(batch.src, batch.src_mask, batch.tgt_in)
+    state = model.start_decoding(batch.src, batch.src_mask)
+    for t in range(batch.tgt_in.shape[1]):
+        step_logits, state = model.decode_step(state, batch.tgt_in[:, t])
+        torch.testing.assert_close(step_logits, logits[:, t])
+    assert all(v.shape[0] == 3 for v in state.values())  # every state tensor is batch first
+
+
+def test_decoder_names_a_layers_first_hidden_state():
+    model = GRUSeq2Seq(small_config(n_layers=2))
+    state = model.start_decoding(*pad_sequences([[4, 5], [6, 7], [8, 9]]))
+    state["hidden"] = state["hidden"].transpose(0, 1)  # nn.GRU's (layers, batch, hidden)
+    with pytest.raises(ValueError, match=r"transpose\(0, 1\)"):
+        model.decode_step(state, torch.tensor([1, 1, 1]))
+
+
+def test_checks_accept_the_reference():
+    check_last_real_state(last_real_state)
+    check_sequence_loss(sequence_loss)
+
+
+@pytest.mark.parametrize("mistake", LAST_STATE_MISTAKES + LOSS_MISTAKES, ids=lambda m: m.advice[:30])
+def test_checks_name_each_mistake(mistake):
+    check = check_last_real_state if mistake in LAST_STATE_MISTAKES else check_sequence_loss
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check(mistake.implementation)
+    assert mistake.advice in str(failure.value)
+
+
+def test_loss_check_accepts_ignore_index_answer():
+    import torch.nn.functional as F
+
+    check_sequence_loss(lambda logits, targets, mask: F.cross_entropy(logits.transpose(1, 2), targets,
+                                                                      ignore_index=0))
+
+
+def train_on_reverse(model_class, steps, min_len, max_len, d_hidden, n_symbols=8, seed=0):
+    """Train on the toy reverse task; return exact-match accuracy on 300 fresh sequences."""
+    seed_everything(seed)
+    config = Seq2SeqConfig(vocab_size=toy_vocab_size(n_symbols), d_embed=32, d_hidden=d_hidden,
+                           dropout=0.0, d_attention=d_hidden)
+    model = model_class(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = torch.Generator().manual_seed(seed + 1)
+    trainer = Trainer(model, optimizer, "cpu", progress=False)
+    trainer.fit(lambda epoch: (toy_batch("reverse", 64, min_len, max_len, n_symbols, data)
+                               for _ in range(steps)), epochs=1)
+    test = toy_batch("reverse", 300, min_len, max_len, n_symbols, torch.Generator().manual_seed(999))
+    return exact_match(model, test)
+
+
+def test_gru_seq2seq_learns_to_reverse():
+    started = time.perf_counter()
+    accuracy = train_on_reverse(GRUSeq2Seq, steps=600, min_len=2, max_len=6, d_hidden=128)
+    assert accuracy >= 0.9, f"exact match {accuracy:.1%}"
+    assert time.perf_counter() - started < 60

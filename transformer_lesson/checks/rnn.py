@@ -1,0 +1,161 @@
+"""Checks for lesson 01: a recurrent cell by hand, and unrolling it over a sequence."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..rnn import rnn_forward
+from .core import CheckFailed, Mistake, check_against
+
+
+def _torch_rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh):
+    """The reference: PyTorch's own ``nn.RNNCell`` (tanh) carrying the given weights."""
+    cell = nn.RNNCell(W_ih.shape[1], W_ih.shape[0], nonlinearity="tanh")
+    with torch.no_grad():
+        cell.weight_ih.copy_(W_ih)
+        cell.weight_hh.copy_(W_hh)
+        cell.bias_ih.copy_(b_ih)
+        cell.bias_hh.copy_(b_hh)
+        return cell(x, h)
+
+
+def _cell_inputs(square_first: int) -> Callable[[torch.Generator], dict]:
+    """Random cell inputs; the first ``square_first`` trials have input size == hidden size, so that
+    mistakes which only change values there (swapped or untransposed weights) can be recognised."""
+    trial = {"n": 0}
+
+    def make(g: torch.Generator) -> dict:
+        trial["n"] += 1
+        B = int(torch.randint(2, 6, (1,), generator=g))
+        H = int(torch.randint(3, 8, (1,), generator=g))
+        D = H if trial["n"] <= square_first else H + int(torch.randint(1, 4, (1,), generator=g))
+        return {
+            "x": torch.randn(B, D, generator=g),
+            "h": torch.randn(B, H, generator=g).tanh(),
+            "W_ih": torch.randn(H, D, generator=g) * 0.7,
+            "W_hh": torch.randn(H, H, generator=g) * 0.7,
+            "b_ih": torch.randn(H, generator=g) * 0.3,
+            "b_hh": torch.randn(H, generator=g) * 0.3,
+        }
+
+    return make
+
+
+CELL_MISTAKES = (
+    Mistake("the tanh is missing: the new state is tanh(x W_ih^T + b_ih + h W_hh^T + b_hh).",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: x @ W_ih.T + b_ih + h @ W_hh.T + b_hh),
+    Mistake("W_ih and W_hh are swapped: W_ih (hidden, input) multiplies the input x, W_hh "
+            "(hidden, hidden) the previous state h.",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_hh.T + b_ih + h @ W_ih.T + b_hh)),
+    Mistake("the weights are not transposed: nn.RNNCell stores W_ih as (hidden, input), so the "
+            "product is x @ W_ih.T (or F.linear(x, W_ih, b_ih)).",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih + b_ih + h @ W_hh + b_hh)),
+    Mistake("a bias is missing: nn.RNNCell adds both b_ih and b_hh.",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih.T + b_ih + h @ W_hh.T)),
+    Mistake("a bias is missing: nn.RNNCell adds both b_ih and b_hh.",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih.T + h @ W_hh.T + b_hh)),
+    Mistake("the previous state h is ignored, so nothing is carried from step to step.",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih.T + b_ih + b_hh)),
+    Mistake("that is a sigmoid; the Elman RNN cell (nn.RNNCell's default) uses tanh.",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.sigmoid(x @ W_ih.T + b_ih + h @ W_hh.T + b_hh)),
+)
+
+
+def _explain_errors(student: Callable, name: str, hint: str) -> Callable:
+    """Turn a crash inside the student's function into a CheckFailed that says what to look at."""
+
+    @functools.wraps(student)
+    def guarded(*inputs):
+        try:
+            return student(*inputs)
+        except NotImplementedError:
+            raise CheckFailed(f"{name} is not written yet: replace `raise NotImplementedError()`.") from None
+        except RuntimeError as error:
+            shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
+            raise CheckFailed(f"{name} raised an error on inputs {shapes}:\n  {error}\n{hint}") from None
+
+    return guarded
+
+
+def check_rnn_cell(rnn_cell: Callable, trials: int = 6) -> None:
+    """Check ``rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh) -> h_next`` against ``torch.nn.RNNCell``."""
+    hint = ("Shapes: x (B, D), h (B, H), W_ih (H, D), W_hh (H, H). W_ih goes with x and W_hh with h, "
+            "each transposed: x @ W_ih.T is (B, H).")
+    check_against(
+        _explain_errors(rnn_cell, "rnn_cell", hint),
+        _torch_rnn_cell,
+        _cell_inputs(square_first=3),
+        name="rnn_cell",
+        trials=trials,
+        mistakes=CELL_MISTAKES,
+        dims=("batch", "hidden"),
+    )
+
+
+def _sequence_inputs(g: torch.Generator) -> dict:
+    B = int(torch.randint(2, 5, (1,), generator=g))
+    T = int(torch.randint(B + 1, 9, (1,), generator=g))  # T != B, so a swapped layout shows
+    D = int(torch.randint(2, 6, (1,), generator=g))
+    H = int(torch.randint(D + 1, 9, (1,), generator=g))
+    return {
+        "inputs": torch.randn(B, T, D, generator=g),
+        "h0": torch.randn(B, H, generator=g).tanh(),
+        "W_ih": torch.randn(H, D, generator=g) * 0.7,
+        "W_hh": torch.randn(H, H, generator=g) * 0.7,
+        "b_ih": torch.randn(H, generator=g) * 0.3,
+        "b_hh": torch.randn(H, generator=g) * 0.3,
+    }
+
+
+def _no_recurrence(inputs, h0, W_ih, W_hh, b_ih, b_hh):
+    steps = [torch.tanh(inputs[:, t] @ W_ih.T + b_ih + h0 @ W_hh.T + b_hh) for t in range(inputs.shape[1])]
+    return torch.stack(steps, dim=1), steps[-1]
+
+
+def _first_state_returned(inputs, h0, W_ih, W_hh, b_ih, b_hh):
+    outputs, _ = rnn_forward(inputs, h0, W_ih, W_hh, b_ih, b_hh)
+    return outputs, outputs[:, 0]
+
+
+def _outputs_include_h0(inputs, h0, W_ih, W_hh, b_ih, b_hh):
+    outputs, h_last = rnn_forward(inputs, h0, W_ih, W_hh, b_ih, b_hh)
+    return torch.cat([h0[:, None], outputs[:, :-1]], dim=1), h_last
+
+
+FORWARD_MISTAKES = (
+    Mistake("every step starts from h0: pass the state returned by the previous step to the next.",
+            _no_recurrence),
+    Mistake("h_last is the state after the *first* step; return the state after the last one.",
+            _first_state_returned),
+    Mistake("outputs[:, t] should be the state *after* reading inputs[:, t], not before "
+            "(leave h0 out of outputs).", _outputs_include_h0),
+)
+
+
+def check_rnn_forward(rnn_forward_fn: Callable, trials: int = 5) -> None:
+    """Check ``rnn_forward(inputs (B,T,D), h0 (B,H), weights...) -> (outputs (B,T,H), h_last (B,H))``."""
+    hint = "inputs[:, t] is the (B, D) input at step t; the state h is (B, H) throughout."
+    guarded = _explain_errors(rnn_forward_fn, "rnn_forward", hint)
+    probe = _sequence_inputs(torch.Generator().manual_seed(1))
+    result = guarded(*probe.values())
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise CheckFailed("rnn_forward should return two things: (outputs, h_last).")
+    B, H = probe["h0"].shape
+    h_last = result[1]
+    if isinstance(h_last, torch.Tensor) and tuple(h_last.shape) == (1, B, H):
+        raise CheckFailed(f"h_last has shape {(1, B, H)}: that is nn.RNN's (layers, batch, hidden) layout. "
+                          f"The course keeps states batch first, (batch, hidden): drop the layers "
+                          f"dimension with h_last[0].")
+    check_against(
+        guarded,
+        rnn_forward,
+        _sequence_inputs,
+        name="rnn_forward",
+        trials=trials,
+        mistakes=FORWARD_MISTAKES,
+        dims={"rnn_forward(...)[0]": ("batch", "time", "hidden"), "rnn_forward(...)[1]": ("batch", "hidden")},
+    )

@@ -1,0 +1,179 @@
+"""Translating sentences and scoring translations with BLEU.
+
+BLEU compares n-grams (1 to 4 words) of the system's output with a reference translation over a
+whole test set and multiplies in a penalty for output that is too short. It is only comparable
+between papers when computed the same way, so we report two numbers and say which is which:
+
+* :func:`corpus_bleu`: **sacreBLEU**, the standard: detokenized output, case-sensitive, sacreBLEU's
+  own ``13a`` tokenization. Report this one.
+* :func:`tokenized_bleu`: the same, **lowercased**. Older tutorials (for example the classic
+  PyTorch seq2seq notebooks) scored lowercased, tokenized text; this reproduces that number so
+  you can compare with them. It is higher than cased BLEU and is not the standard metric.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sacrebleu
+import torch
+from sacrebleu.metrics.bleu import BLEUScore
+
+from .batching import pad_sequences
+from .decoding import greedy_decode
+
+DEFAULT_MAX_SRC_LEN = 128
+
+
+def translate(
+    model,
+    tokenizer,
+    sentences: str | Sequence[str],
+    device: torch.device | str,
+    max_len: int | None = None,
+    batch_size: int = 64,
+    max_src_len: int = DEFAULT_MAX_SRC_LEN,
+) -> str | list[str]:
+    """Translate sentences greedily; a single string gives a string back.
+
+    Sentences are batched by length. ``max_len`` caps each translation's tokens (default: twice
+    the batch's longest source plus 10). Empty sentences translate to ``""`` and sources longer
+    than ``max_src_len`` tokens are truncated, each with a warning, never an error. Characters the
+    tokenizer never saw are spelled as bytes, so any text can be encoded.
+    """
+    single = isinstance(sentences, str)
+    texts = [sentences] if single else list(sentences)
+    device = torch.device(device)
+    encoded = tokenizer.encode_batch([t.strip() for t in texts]) if texts else []
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        warnings.warn(f"{len(empty)} empty sentence(s) to translate; their translation is ''.", stacklevel=2)
+    too_long = [i for i, ids in enumerate(encoded) if len(ids) > max_src_len]
+    if too_long:
+        warnings.warn(f"{len(too_long)} sentence(s) longer than {max_src_len} tokens were truncated "
+                      f"to their first {max_src_len} tokens before translating.", stacklevel=2)
+    encoded = [ids[:max_src_len] for ids in encoded]
+    results = [""] * len(texts)
+    order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        src, src_mask = pad_sequences([encoded[i] for i in indices])
+        limit = max_len if max_len is not None else 2 * src.shape[1] + 10
+        hypotheses = greedy_decode(model, src.to(device), src_mask.to(device), max_len=limit)
+        for i, ids in zip(indices, hypotheses, strict=True):
+            results[i] = tokenizer.decode(ids)
+    return results[0] if single else results
+
+
+def _check_parallel(hypotheses: Sequence[str], references: Sequence[str]) -> None:
+    if isinstance(hypotheses, str) or isinstance(references, str):
+        raise TypeError("Pass lists of sentences, not single strings.")
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references.")
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
+    """Standard sacreBLEU (cased, 13a tokenization) of detokenized sentences; ``.score`` is 0-100.
+
+    ``str(result)`` shows the score, n-gram precisions and brevity penalty; ``references`` holds
+    one reference per hypothesis.
+    """
+    _check_parallel(hypotheses, references)
+    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+
+
+def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
+    """Lowercased, 13a-tokenized BLEU: the metric older tutorials report (not the standard one)."""
+    _check_parallel(hypotheses, references)
+    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True, tokenize="13a")
+
+
+@dataclass(frozen=True)
+class LengthBucket:
+    """BLEU of the sentences whose source has ``low``..``high`` words (inclusive)."""
+
+    low: int
+    high: int
+    count: int
+    bleu: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+DEFAULT_BUCKETS = ((1, 9), (10, 11), (12, 13), (14, 16), (17, 100))
+
+
+def bleu_by_length(
+    sources: Sequence[str],
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
+    metric: Callable[[Sequence[str], Sequence[str]], BLEUScore] = tokenized_bleu,
+) -> list[LengthBucket]:
+    """Corpus BLEU within groups of sentences of similar source length (in words).
+
+    Shows where a model breaks down: an encoder that squeezes the source into one vector does
+    worse the longer the source is. Empty buckets get ``count=0`` and BLEU ``nan``.
+    """
+    _check_parallel(hypotheses, references)
+    if len(sources) != len(hypotheses):
+        raise ValueError(f"{len(sources)} sources but {len(hypotheses)} hypotheses.")
+    results = []
+    for low, high in buckets:
+        members = [i for i, s in enumerate(sources) if low <= len(s.split()) <= high]
+        score = (metric([hypotheses[i] for i in members], [references[i] for i in members]).score
+                 if members else float("nan"))
+        results.append(LengthBucket(low, high, len(members), score))
+    return results
+
+
+@dataclass
+class BleuReport:
+    """Translations of a test set and their scores (see the module docstring for the two BLEUs)."""
+
+    sources: list[str]
+    references: list[str]
+    hypotheses: list[str]
+    bleu: BLEUScore
+    tokenized: BLEUScore
+
+    def __str__(self) -> str:
+        return (f"sacreBLEU {self.bleu.score:.2f} (cased, standard) | "
+                f"lowercased tokenized BLEU {self.tokenized.score:.2f} (older tutorials' metric) "
+                f"| {len(self.hypotheses)} sentences")
+
+
+def evaluate_bleu(model, tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,
+                  batch_size: int = 64, max_len: int | None = None) -> BleuReport:
+    """Translate ``pairs``' sources greedily and score them against their targets."""
+    sources = [p[0] for p in pairs]
+    references = [p[1] for p in pairs]
+    hypotheses = translate(model, tokenizer, sources, device, max_len=max_len, batch_size=batch_size)
+    return BleuReport(sources, references, hypotheses,
+                      corpus_bleu(hypotheses, references), tokenized_bleu(hypotheses, references))
+
+
+def bleu_evaluator(tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,
+                   batch_size: int = 64) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """An ``evaluate`` callback for :meth:`Trainer.fit`: ``model -> {"bleu": ..., "bleu_lc_tok": ...}``."""
+
+    def evaluate(model) -> dict[str, float]:
+        report = evaluate_bleu(model, tokenizer, pairs, device, batch_size=batch_size)
+        return {"bleu": report.bleu.score, "bleu_lc_tok": report.tokenized.score}
+
+    return evaluate
+
+
+def exact_match(model, batch, max_len: int | None = None) -> float:
+    """Fraction of a batch's sentences that greedy decoding gets exactly right (the toy tasks' metric).
+
+    ``batch`` is a :class:`~transformer_lesson.batching.Batch`; its ``tgt_out`` holds the answers.
+    """
+    limit = max_len if max_len is not None else batch.tgt_out.shape[1] + 2
+    hypotheses = greedy_decode(model, batch.src, batch.src_mask, max_len=limit)
+    references = [row[: int(n) - 1] for row, n in zip(batch.tgt_out.tolist(), batch.tgt_mask.sum(1), strict=True)]
+    return sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)

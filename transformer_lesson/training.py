@@ -1,0 +1,505 @@
+"""One training loop for every model in the course, RNNs and Transformers alike.
+
+The loop is the plain one (forward, loss, backward, clip, step) plus what makes long runs
+practical: mixed precision where the device has it, a progress bar, a record of the loss curve,
+and checkpoints that let a run interrupted at any step (a Colab disconnect) resume and end
+exactly where an uninterrupted run would have.
+
+A checkpoint holds the model, optimizer, scheduler and gradient-scaler states, the position in
+training (step, epoch, batches done in the epoch), every random-number generator's state, the
+run's config and the tokenizer's fingerprint. It is written to a temporary file and then renamed
+over the old one, so a crash while saving never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .runtime import amp_settings
+
+CHECKPOINT_FORMAT = "transformer-lesson-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model/tokenizer. The message says which."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+
+
+def sequence_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy averaged over the real (non-pad) target tokens of a batch.
+
+    ``logits`` (B, T, V), ``targets`` (B, T) token ids, ``mask`` (B, T) True at real tokens.
+    Returns a scalar. Every real token counts once, so a long sentence weighs more than a short
+    one, and padding counts not at all. Computed in float32 even under autocast.
+    """
+    if logits.shape[:2] != targets.shape or targets.shape != mask.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} should be (B, T, V) with targets and mask "
+                         f"(B, T); got targets {tuple(targets.shape)}, mask {tuple(mask.shape)}.")
+    losses = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )  # (B*T,)
+    mask = mask.reshape(-1)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def seq2seq_loss(model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    """The default loss of :class:`Trainer`: teacher-forced ``model(src, src_mask, tgt_in)``.
+
+    Returns (mean loss over real target tokens, number of those tokens).
+    """
+    logits = model(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
+    return sequence_loss(logits, batch.tgt_out, batch.tgt_mask, label_smoothing), int(batch.tgt_mask.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-number generator states (so that a resumed run draws the same dropout masks)
+# ---------------------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and PyTorch's generators, in a form ``torch.load`` accepts safely."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain_config(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return dict(config)
+
+
+def _fingerprint(tokenizer: Any) -> str | None:
+    if tokenizer is None or isinstance(tokenizer, str):
+        return tokenizer
+    return tokenizer.fingerprint
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    *,
+    step: int = 0,
+    epoch: int = 0,
+    position: int = 0,
+    config: Any = None,
+    tokenizer: Any = None,
+    history: History | None = None,
+) -> Path:
+    """Write a checkpoint atomically (to ``path.tmp<pid>``, then renamed over ``path``).
+
+    ``position`` is the number of batches of ``epoch`` already trained on; ``tokenizer`` is a
+    :class:`~transformer_lesson.tokenizer.Tokenizer` or its fingerprint string.
+    """
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_class": type(model).__name__,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "step": step,
+        "epoch": epoch,
+        "position": position,
+        "rng": get_rng_state(),
+        "config": _plain_config(config),
+        "tokenizer_fingerprint": _fingerprint(tokenizer),
+        "history": history.state_dict() if history is not None else None,
+        "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or differently shaped parameter."""
+    own = model.state_dict()
+    problems = []
+    for name, tensor in state_dict.items():
+        if name not in own:
+            problems.append(f"  {name}: in the {source} but not in the model")
+        elif tuple(own[name].shape) != tuple(tensor.shape):
+            problems.append(f"  {name}: {source} has shape {tuple(tensor.shape)}, "
+                            f"the model has {tuple(own[name].shape)}")
+    problems += [f"  {name}: in the model but not in the {source}" for name in own if name not in state_dict]
+    if problems:
+        vocab_hint = ""
+        if any("embedding" in p or ".out." in p for p in problems):
+            vocab_hint = ("\nA differing first dimension of an embedding or output layer means a "
+                          "different vocabulary size.")
+        raise CheckpointError(
+            f"The {source} does not fit this {type(model).__name__} ({len(problems)} problem(s)):\n"
+            + "\n".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "") + vocab_hint
+            + "\nBuild the model with the config the checkpoint was trained with "
+              "(checkpoint['config']), or train a new one.")
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    *,
+    tokenizer: Any = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Read a checkpoint, check it fits, and load it into whatever objects are given.
+
+    Returns the whole checkpoint dict (``step``, ``epoch``, ``config``, ``history``, ...). Raises
+    :class:`CheckpointError` when the file is missing, truncated or not a checkpoint, when its
+    tokenizer fingerprint differs from ``tokenizer``'s, or when the model's parameters differ
+    (by name or shape). Loading uses ``weights_only=True``: a checkpoint cannot run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}. Train a model first (or check the path).")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"The checkpoint {path} could not be read: it is truncated or corrupt (perhaps the run "
+            f"was killed while copying it). Delete it to start afresh. ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a transformer-lesson checkpoint (a bare state_dict?). "
+                              f"Save checkpoints with save_checkpoint().")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer version of transformer_lesson "
+                              f"(format {payload['version']}); update the package.")
+    theirs, ours = payload.get("tokenizer_fingerprint"), _fingerprint(tokenizer)
+    if theirs is not None and ours is not None and theirs != ours:
+        raise CheckpointError(
+            f"{path} was trained with a different vocabulary: its tokenizer fingerprint is "
+            f"{theirs!r}, this tokenizer's is {ours!r}. Token ids would mean different words; "
+            f"use the tokenizer the model was trained with (same vocab_size and training text).")
+    if model is not None:
+        check_state_dict_fits(model, payload["model"])
+        model.load_state_dict(payload["model"])
+    if optimizer is not None and payload.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"The optimizer state in {path} does not fit this optimizer: {error}") from None
+    if scheduler is not None and payload.get("scheduler") is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler") is not None:
+        scaler.load_state_dict(payload["scaler"])
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# The record of a run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """What happened during training: one entry per step, plus one dict per evaluation."""
+
+    steps: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)  # each has "step" and "epoch"
+
+    def log_step(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float) -> None:
+        self.steps.append(step)
+        self.epochs.append(epoch)
+        self.losses.append(loss)
+        self.learning_rates.append(lr)
+        self.grad_norms.append(grad_norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
+        return cls(**{f.name: list(state.get(f.name, [])) for f in dataclasses.fields(cls)})
+
+    def smoothed_losses(self, window: int = 50) -> np.ndarray:
+        """Moving average of the loss over ``window`` steps (shorter at the start)."""
+        losses = np.asarray(self.losses, dtype=float)
+        if len(losses) == 0:
+            return losses
+        cumulative = np.cumsum(np.insert(losses, 0, 0.0))
+        starts = np.maximum(np.arange(1, len(losses) + 1) - window, 0)
+        return (cumulative[1:] - cumulative[starts]) / (np.arange(1, len(losses) + 1) - starts)
+
+    def plot(self, title: str = "Training", window: int = 50):
+        """Loss per step (raw and smoothed) and, if any, evaluation metrics per step. Returns the figure."""
+        import matplotlib.pyplot as plt
+
+        metric_names = sorted({k for e in self.evals for k in e if k not in ("step", "epoch")})
+        n_panels = 1 + bool(metric_names)
+        fig, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 3.8), squeeze=False)
+        ax = axes[0, 0]
+        ax.plot(self.steps, self.losses, alpha=0.3, lw=0.8, label="per step")
+        ax.plot(self.steps, self.smoothed_losses(window), lw=2, label=f"mean of last {window}")
+        ax.set(title=f"{title}: loss", xlabel="optimizer step", ylabel="cross-entropy (nats/token)")
+        ax.legend()
+        if metric_names:
+            ax = axes[0, 1]
+            for name in metric_names:
+                points = [(e["step"], e[name]) for e in self.evals if name in e]
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+            ax.set(title=f"{title}: evaluation", xlabel="optimizer step", ylabel="metric value")
+            ax.legend()
+        fig.tight_layout()
+        return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` on ``device``; see :meth:`fit`.
+
+    ``loss_fn(model, batch) -> (loss, n_tokens)`` defaults to :func:`seq2seq_loss`.
+    ``clip_norm`` caps the gradient's global norm (None: no clipping; RNNs need it, their
+    gradients can explode). ``amp=True`` uses :func:`~transformer_lesson.runtime.amp_settings`:
+    bfloat16 autocast on recent GPUs, float16 with a gradient scaler on older ones, off on CPU.
+    With ``checkpoint_path`` a checkpoint is written every ``checkpoint_every`` steps and at the
+    end, and :meth:`fit` resumes from it if it exists. ``config`` (a dict or dataclass) and
+    ``tokenizer`` are stored in it as metadata.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device | str,
+        scheduler: Any = None,
+        clip_norm: float | None = 1.0,
+        amp: bool = True,
+        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]] = seq2seq_loss,
+        checkpoint_path: str | Path | None = None,
+        checkpoint_every: int | None = 500,
+        config: Any = None,
+        tokenizer: Any = None,
+        progress: bool = True,
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.clip_norm = clip_norm
+        self.amp = amp_settings(self.device) if amp else amp_settings("cpu")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.use_grad_scaler)
+        self.loss_fn = loss_fn
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.config = _plain_config(config)
+        self.tokenizer = tokenizer
+        self.progress = progress
+        self.history = History()
+        self.step = 0  # optimizer steps taken
+        self.epoch = 0  # current epoch (0-based)
+        self.position = 0  # batches of the current epoch already trained on
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Checkpoint everything needed to resume (to ``checkpoint_path`` by default)."""
+        path = path or self.checkpoint_path
+        if path is None:
+            raise ValueError("No path: pass one or give the Trainer a checkpoint_path.")
+        return save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler,
+                               step=self.step, epoch=self.epoch, position=self.position,
+                               config=self.config, tokenizer=self.tokenizer, history=self.history)
+
+    def load(self, path: str | Path | None = None) -> dict[str, Any]:
+        """Restore a checkpoint written by :meth:`save`; returns it. RNG states are restored by :meth:`fit`."""
+        path = path or self.checkpoint_path
+        payload = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                  tokenizer=self.tokenizer, map_location=self.device)
+        if payload.get("config") and self.config and payload["config"] != self.config:
+            changed = sorted(k for k in set(payload["config"]) | set(self.config)
+                             if payload["config"].get(k) != self.config.get(k))
+            warnings.warn(f"Resuming from {path}, whose config differs in {changed}.", stacklevel=2)
+        self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
+        if payload.get("history") is not None:
+            self.history = History.from_state_dict(payload["history"])
+        return payload
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train_step(self, batch: Any) -> tuple[float, float]:
+        """One optimizer step on ``batch``; returns (loss, gradient norm before clipping)."""
+        batch = batch.to(self.device)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp.dtype) if self.amp.enabled
+                    else contextlib.nullcontext())
+        with autocast:
+            loss, _ = self.loss_fn(self.model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The loss became {loss.item()} at step {self.step}: training diverged. Lower the "
+                f"learning rate or clip gradients (clip_norm), then resume from the last checkpoint.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # a no-op when the scaler is disabled
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.clip_norm if self.clip_norm is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.item(), float(grad_norm)
+
+    def _evaluate(self, evaluate: Callable[[nn.Module], Mapping[str, float]]) -> None:
+        rng = get_rng_state()  # evaluation must not change the random numbers training sees
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = dict(evaluate(self.model))
+        finally:
+            self.model.train(was_training)
+            set_rng_state(rng)
+        self.history.evals.append({"step": self.step, "epoch": self.epoch, **metrics})
+
+    def fit(
+        self,
+        make_batches: Callable[[int], Iterable[Any]],
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        eval_every: int | None = None,
+    ) -> History:
+        """Train until ``epochs`` epochs or ``max_steps`` optimizer steps in total, whichever is first.
+
+        ``make_batches(epoch)`` returns that epoch's batches (objects with ``.to(device)``). It
+        must give the same batches whenever it is called with the same epoch (seed it with the
+        epoch, e.g. ``data.batches(4000, seed=epoch)``): on resume, the batches already trained
+        on are skipped. ``evaluate(model) -> {name: value}`` runs every ``eval_every`` steps, or
+        after every epoch if ``eval_every`` is None. If ``checkpoint_path`` exists, training
+        resumes from it.
+        """
+        if epochs is None and max_steps is None:
+            raise ValueError("Say how long to train: epochs=..., max_steps=..., or both.")
+        pending_rng = None
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            payload = self.load()
+            pending_rng = payload["rng"]
+            print(f"Resuming from {self.checkpoint_path}: step {self.step}, epoch {self.epoch}, "
+                  f"batch {self.position} of the epoch.")
+
+        def finished() -> bool:
+            return (max_steps is not None and self.step >= max_steps) or (
+                epochs is not None and self.epoch >= epochs)
+
+        self.model.train()
+        bar = tqdm(total=max_steps, initial=self.step, desc="training", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while not finished():
+                batches = iter(make_batches(self.epoch))
+                for _ in range(self.position):  # already trained on before the interruption
+                    next(batches, None)
+                if pending_rng is not None:
+                    set_rng_state(pending_rng)
+                    pending_rng = None
+                trained_this_call = 0
+                for batch in batches:
+                    loss, grad_norm = self.train_step(batch)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.step += 1
+                    self.position += 1
+                    trained_this_call += 1
+                    self.history.log_step(self.step, self.epoch, loss, lr, grad_norm)
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", refresh=False)
+                    if evaluate is not None and eval_every and self.step % eval_every == 0:
+                        self._evaluate(evaluate)
+                    if self.checkpoint_path is not None and self.checkpoint_every and \
+                            self.step % self.checkpoint_every == 0:
+                        self.save()
+                    if finished():
+                        break
+                else:  # the epoch ran out of batches
+                    if trained_this_call == 0 and self.position == 0:
+                        raise ValueError(f"make_batches({self.epoch}) gave no batches.")
+                    self.epoch += 1
+                    self.position = 0
+                    if evaluate is not None and not eval_every:
+                        self._evaluate(evaluate)
+        finally:
+            bar.close()
+        if pending_rng is not None:  # resumed a run that had already finished
+            set_rng_state(pending_rng)
+        if self.checkpoint_path is not None:
+            self.save()
+        return self.history
