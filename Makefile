@@ -28,10 +28,11 @@ unit: install
 	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests
 
 notebooks: install
-	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider notebooks
+	TL_CHECKPOINT_DIR=$$(mktemp -d) TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider notebooks
 
+# Each test run gets a fresh checkpoint folder, so no notebook resumes from an earlier run.
 test: lint
-	TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15
+	TL_CHECKPOINT_DIR=$$(mktemp -d) TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15
 
 student: install
 	$(PY) -m transformer_lesson.exercises student --source notebooks --out build/student

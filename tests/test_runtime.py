@@ -67,3 +67,10 @@ def test_environment_report_names_mode_and_device():
 def test_device_names_are_case_insensitive(monkeypatch):
     monkeypatch.setenv("TL_DEVICE", " CPU ")
     assert runtime.get_device() == torch.device("cpu")
+
+
+def test_checkpoint_dir_follows_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("TL_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    assert runtime.checkpoint_dir() == tmp_path / "ck" and (tmp_path / "ck").is_dir()
+    monkeypatch.delenv("TL_CHECKPOINT_DIR")
+    assert runtime.checkpoint_dir().name == "checkpoints"

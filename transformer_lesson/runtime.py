@@ -19,6 +19,7 @@ import os
 import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 QUICK_ENV = "TL_QUICK"
 DEVICE_ENV = "TL_DEVICE"
+CHECKPOINT_ENV = "TL_CHECKPOINT_DIR"
 
 T = TypeVar("T")
 
@@ -52,6 +54,19 @@ def mode() -> str:
 def pick(*, full: T, quick: T) -> T:
     """Return ``quick`` in quick mode and ``full`` otherwise."""
     return quick if is_quick() else full
+
+
+def checkpoint_dir() -> Path:
+    """Where lessons keep checkpoints and result files: ``$TL_CHECKPOINT_DIR`` or ``checkpoints/``.
+
+    The default is the repository's ``checkpoints/`` folder (git ignores it), so a notebook that is
+    run again resumes from its checkpoint. ``make test`` points the variable at a fresh temporary
+    folder, so every test run trains from scratch.
+    """
+    override = os.environ.get(CHECKPOINT_ENV)
+    folder = Path(override) if override else Path(__file__).resolve().parent.parent / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def get_device(require: str | None = None) -> torch.device:
