@@ -122,3 +122,14 @@ def test_pad_exercise_more_mistakes(wrong, message):
 def test_failure_message_shows_the_failing_input():
     with pytest.raises(CheckFailed, match=r"inputs: sequences = \[\[.*pad_id = \d"):
         check_pad_sequences(lambda s, p: (pad_sequences(s, p)[0], pad_sequences(s, p)[1].roll(1, 1)))
+
+
+def test_token_lists_are_compared_as_sentences():
+    with pytest.raises(CheckFailed, match=r"out\[0\] \(sentence 0\) has 3 tokens, expected 1:\n"
+                                          r"  yours:    \[5, 6, 7\]\n  expected: \[5\]"):
+        compare([[5, 6, 7], [4]], [[5], [4]], "out")
+    with pytest.raises(CheckFailed, match=r"out\[1\] \(sentence 1\) differs first at token 1: you have 9, expected 8"):
+        compare([[5], [4, 9]], [[5], [4, 8]], "out")
+    with pytest.raises(CheckFailed, match="should return 2 value"):
+        compare([[5]], [[5], [4]], "out")  # the number of sentences is still a count of values
+    compare([(5, 6), []], [[5, 6], []], "out")  # a tuple of ints is as good as a list

@@ -72,3 +72,88 @@ def test_check_refuses_a_tensor_answer():
 
     with pytest.raises(CheckFailed, match="list of lists"):
         check_greedy_decode(as_tensor)
+
+
+def test_check_models_give_varied_translation_lengths():
+    """The check's references must exercise stopping: lengths 2..12, some cut by max_len."""
+    from transformer_lesson.checks.seq2seq import _decode_inputs, _tiny_model
+
+    generator = torch.Generator().manual_seed(0)  # check_greedy_decode's default seed
+    lengths, words = [], set()
+    for _ in range(4):
+        inputs = _decode_inputs(generator)
+        model = _tiny_model(inputs["model_seed"])
+        logits, _ = model.decode_step(model.start_decoding(inputs["src"], inputs["src_mask"]),
+                                      torch.full((inputs["src"].shape[0],), BOS_ID))
+        assert torch.isinf(logits[:, [0, BOS_ID]]).all()  # <pad> and <bos> are never predicted
+        translations = greedy_decode(model, inputs["src"], inputs["src_mask"], inputs["max_len"])
+        lengths += [len(t) for t in translations]
+        words |= {w for t in translations for w in t}
+        assert max(len(t) for t in translations) == inputs["max_len"]  # every trial has one cut short
+    assert min(lengths) >= 2 and len(set(lengths)) >= 6, lengths
+    assert len(words) >= 4 and not words & {0, BOS_ID, EOS_ID}
+
+
+def _never_updates_state(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    rows = []
+    for _ in range(max_len):
+        logits, new_state = model.decode_step(state, last)  # forgets `state = new_state`
+        last = logits.argmax(-1)
+        rows.append(last)
+    rows = torch.stack(rows, 1).tolist()
+    return [r[: r.index(EOS_ID)] if EOS_ID in r else r for r in rows]
+
+
+def _one_step_short(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    finished = torch.zeros(src.shape[0], dtype=torch.bool)
+    rows = []
+    for _ in range(max_len - 1):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(-1)
+        rows.append(last)
+        finished |= last == EOS_ID
+        if finished.all():
+            break
+    rows = torch.stack(rows, 1).tolist()
+    return [r[: r.index(EOS_ID)] if EOS_ID in r else r for r in rows]
+
+
+def _removes_every_eos(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    rows = []
+    for _ in range(max_len):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(-1)
+        rows.append(last)
+    return [[t for t in r if t != EOS_ID] for r in torch.stack(rows, 1).tolist()]
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (_never_updates_state, "state is not updated"),
+    (_one_step_short, "range(max_len - 1)"),
+    (_removes_every_eos, "every <eos> was removed"),
+])
+def test_check_fails_answers_written_the_wrong_way(wrong, cause):
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_greedy_decode(wrong)
+    assert cause in str(failure.value)
+
+
+def test_check_says_which_sentence_has_the_wrong_length():
+    def one_too_many(model, src, src_mask, max_len):
+        return [row + [4] for row in greedy_decode(model, src, src_mask, max_len)]
+
+    with pytest.raises(CheckFailed, match=r"\(sentence 0\) has \d+ tokens, expected \d+:\n  yours: +\["):
+        check_greedy_decode(one_too_many)
+
+
+def test_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    check_greedy_decode(greedy_decode)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -91,3 +91,14 @@ def test_translate_survives_bad_input(tokenizer):
 def test_exact_match_counts_whole_sequences():
     batch = toy_batch("copy", 5, 2, 6, 8, torch.Generator().manual_seed(0))
     assert exact_match(Copier(), batch) == 1.0
+
+
+def test_scores_carry_sacrebleus_signature_and_the_report_shows_it():
+    from transformer_lesson.evaluation import BleuReport
+
+    hyps, refs = ["A man rides a bike ."], ["A man is riding a bike ."]
+    cased, lowered = corpus_bleu(hyps, refs), tokenized_bleu(hyps, refs)
+    assert cased.signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert "case:lc" in lowered.signature
+    text = str(BleuReport(hyps, refs, hyps, cased, lowered))
+    assert cased.signature in text and lowered.signature in text and "approximates" in text

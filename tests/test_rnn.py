@@ -106,3 +106,34 @@ def test_cell_check_explains_a_crash_and_an_unwritten_answer():
         check_rnn_cell(crashes)
     with pytest.raises(CheckFailed, match="not written yet"):
         check_rnn_cell(unwritten)
+
+
+def test_cell_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    check_rnn_cell(rnn_cell)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_open_gates_keep_gradients_that_default_gates_lose():
+    from transformer_lesson.rnn import open_gates
+
+    torch.manual_seed(0)
+    inputs = torch.randn(8, 60, 16)
+    for kind in (nn.GRU, nn.LSTM):
+        default = gradient_norm_by_distance(kind(16, 32, batch_first=True), inputs)
+        opened = gradient_norm_by_distance(open_gates(kind(16, 32, batch_first=True)), inputs)
+        assert default[59] / default[0] < 1e-6, kind  # at initialisation the gates do not help
+        assert opened[59] / opened[0] > 0.05, kind  # held open, they carry the gradient 59 steps
+    with pytest.raises(TypeError, match="nn.GRU or nn.LSTM"):
+        open_gates(nn.RNN(3, 4))
+
+
+def test_plot_curves_draws_a_spread_band():
+    from matplotlib.collections import PolyCollection
+
+    from transformer_lesson.plotting import plot_curves
+
+    ax = plot_curves([1, 2, 4], {"a": [1.0, 2.0, 3.0], "b": [2.0, 2.0, 2.0]}, "t", "x", "y",
+                     spread={"a": ([0.5, 1.5, 2.5], [1.5, 2.5, 3.5])})
+    assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 1

@@ -97,3 +97,18 @@ def test_attention_beats_a_single_context_vector_on_long_sequences():
 def test_toy_batch_is_used_consistently():
     batch = toy_batch("reverse", 2, 3, 3, 8, torch.Generator().manual_seed(0))
     assert batch.tgt_out[:, :3].flip(1).tolist() == batch.src.tolist()
+
+
+@pytest.mark.parametrize("fill, cause", [
+    (lambda scores, mask: scores * mask, "multiplied by the mask"),
+    (lambda scores, mask: scores.masked_fill(mask, float("-inf")), "mask is inverted"),
+])
+def test_check_names_masking_slips(fill, cause):
+    def wrong(query, keys, mask, W_query, W_key, v):
+        scores = torch.tanh(keys @ W_key.T + (query @ W_query.T)[:, None, :]) @ v
+        weights = torch.softmax(fill(scores, mask), dim=-1)
+        return (weights[:, :, None] * keys).sum(1), weights
+
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_additive_attention(wrong)
+    assert cause in str(failure.value)

@@ -113,3 +113,22 @@ def test_gru_seq2seq_learns_to_reverse():
     accuracy = train_on_reverse(GRUSeq2Seq, steps=600, min_len=2, max_len=6, d_hidden=128)
     assert accuracy >= 0.9, f"exact match {accuracy:.1%}"
     assert time.perf_counter() - started < 60
+
+
+def test_off_by_one_index_error_gets_the_off_by_one_hint():
+    def off_by_one(outputs, src_mask):
+        return outputs[torch.arange(outputs.shape[0]), src_mask.sum(1)]  # IndexError for full rows
+
+    with pytest.raises(CheckFailed, match=r"(?s)raised IndexError.*off by one.*src_mask.sum\(1\) - 1"):
+        check_last_real_state(off_by_one)
+
+
+def test_loss_check_names_nll_loss_on_raw_logits():
+    import torch.nn.functional as F
+
+    def nll_on_logits(logits, targets, mask):
+        losses = F.nll_loss(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        return (losses * mask.reshape(-1)).sum() / mask.sum()
+
+    with pytest.raises(CheckFailed, match="(?s)Likely cause: F.nll_loss was given raw logits.*log_softmax"):
+        check_sequence_loss(nll_on_logits)

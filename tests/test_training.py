@@ -1,5 +1,7 @@
 """The shared training loop: the masked loss, clipping, checkpoints, and exact resume."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,152 @@ def test_history_round_trips_and_plots():
     fig = again.plot("toy")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["toy: loss", "toy: evaluation"] and all(ax.get_xlabel() for ax in fig.axes)
+
+
+def test_changed_config_refuses_to_resume_and_names_the_file(tmp_path):
+    path = tmp_path / "run.pt"
+    make_trainer(path).fit(epoch_batches, max_steps=3)
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(config())
+    changed = Trainer(model, torch.optim.Adam(model.parameters(), lr=5e-3), "cpu", checkpoint_path=path,
+                      config={"run": "test", "lr": 5e-3}, tokenizer="fp-1", progress=False)
+    with pytest.raises(CheckpointError, match=rf"(?s){path}.*lr.*Delete {path} to train afresh"):
+        changed.fit(epoch_batches, max_steps=6)
+    assert changed.step == 0 and changed.optimizer.param_groups[0]["lr"] == 5e-3  # nothing was resumed
+    with pytest.raises(CheckpointError, match=rf"(?s){path} does not fit.*delete {path} to train afresh"):
+        load_checkpoint(path, GRUSeq2Seq(config(vocab_size=20)))
+
+
+def test_numpy_values_paths_and_dataclasses_are_saved_as_plain_values(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "run.pt"
+    evaluate = lambda model: {"bleu": np.float64(12.5), "n": np.int64(3)}
+    trainer = make_trainer(path)
+    trainer.config = {"data": tmp_path / "data.txt", "model": config(), "scale": np.float32(0.5)}
+    trainer.fit(epoch_batches, max_steps=2, evaluate=evaluate)
+    payload = load_checkpoint(path)  # weights_only=True accepts it
+    assert payload["config"]["data"] == str(tmp_path / "data.txt")
+    assert payload["config"]["model"]["vocab_size"] == 12 and payload["config"]["scale"] == 0.5
+    assert payload["history"]["evals"] == [{"step": 2, "epoch": 0, "bleu": 12.5, "n": 3}]
+    assert type(payload["history"]["evals"][0]["bleu"]) is float
+
+
+def test_an_unsafe_value_is_not_called_corrupt(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "unsafe.pt"
+    torch.save({"format": "transformer-lesson-checkpoint", "loss": np.float64(1.5)}, path)
+    with pytest.raises(CheckpointError, match="refuses to read") as failure:
+        load_checkpoint(path)
+    assert "corrupt" not in str(failure.value) and "Do not delete it" in str(failure.value)
+
+
+def test_a_run_stopped_by_max_steps_is_still_evaluated():
+    evaluate = lambda model: {"calls": 1.0}
+    history = make_trainer().fit(epoch_batches, epochs=1, max_steps=3, evaluate=evaluate)
+    assert [(e["step"], e["epoch"]) for e in history.evals] == [(3, 0)]
+    history = make_trainer().fit(epoch_batches, epochs=1, evaluate=evaluate)  # the epoch's end: once
+    assert [e["step"] for e in history.evals] == [7]
+
+
+def test_logged_learning_rate_is_the_one_the_step_used():
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(config())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    trainer = Trainer(model, optimizer, "cpu", scheduler=scheduler, progress=False)
+    history = trainer.fit(epoch_batches, max_steps=3)
+    assert history.learning_rates == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_grad_scaler_skips_overflowing_steps_without_stepping_the_scheduler():
+    from transformer_lesson.runtime import AmpSettings
+    from transformer_lesson.training import seq2seq_loss
+
+    calls = []
+
+    def loss_with_bad_gradients(model, batch):
+        """The usual loss, but steps 1 and 3 get NaN gradients (as a float16 overflow would)."""
+        loss, n = seq2seq_loss(model, batch)
+        calls.append(1)
+        if len(calls) in (1, 3):
+            first = next(model.parameters()).flatten()[0]
+            loss = loss + (first * 0).sqrt()  # adds 0 to the loss, NaN to the gradient
+        return loss, n
+
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(config())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    trainer = Trainer(model, optimizer, "cpu", scheduler=scheduler, progress=False, loss_fn=loss_with_bad_gradients,
+                      amp=AmpSettings(dtype=None, use_grad_scaler=True))  # float16's path, on the CPU
+    assert trainer.scaler.is_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        history = trainer.fit(epoch_batches, max_steps=6)
+    taken = optimizer.state[next(model.parameters())]["step"]
+    assert trainer.skipped_steps == 2 and taken == 4 and scheduler.last_epoch == 4
+    assert history.learning_rates == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4])
+    assert trainer.scaler.get_scale() == 2.0**16 / 4
+
+
+def test_a_checkpoint_is_written_at_every_epoch_end(tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crashing(epoch):
+        for i, batch in enumerate(epoch_batches(epoch)):
+            if epoch == 1 and i == 5:
+                raise Crash
+            yield batch
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(Crash):
+        make_trainer(path, every=None).fit(crashing, epochs=2)
+    assert load_checkpoint(path)["step"] == 7  # the end of epoch 0, not nothing
+    resumed = make_trainer(path, seed=3, every=None)
+    resumed.fit(epoch_batches, epochs=2)
+    reference = make_trainer()
+    reference.fit(epoch_batches, epochs=2)
+    assert_same_run(reference, resumed)
+
+
+def test_progress_bar_knows_its_total_in_epoch_mode(capsys):
+    trainer = make_trainer()
+    trainer.progress = True
+    trainer.fit(epoch_batches, epochs=2)
+    assert "14/14" in capsys.readouterr().err
+
+
+def test_distributed_wrapper_is_unwrapped_for_saving_and_evaluation(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from transformer_lesson import training
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        inner = GRUSeq2Seq(config())
+        wrapped = DistributedDataParallel(inner)
+        seen = []
+        evaluate = lambda model: seen.append(model) or {"ok": 1.0}
+        path = tmp_path / "ddp.pt"
+        trainer = Trainer(wrapped, torch.optim.Adam(wrapped.parameters(), lr=1e-2), "cpu",
+                          checkpoint_path=path, progress=False)
+        assert trainer.module is inner and trainer.is_main_process
+        trainer.fit(epoch_batches, max_steps=2, evaluate=evaluate)
+        assert seen == [inner] and hasattr(seen[0], "start_decoding")
+        saved = load_checkpoint(path)["model"]
+        assert not any(name.startswith("module.") for name in saved)
+        load_checkpoint(path, GRUSeq2Seq(config()))  # an unwrapped model can load it
+
+        monkeypatch.setattr(training, "is_main_process", lambda: False)  # as rank 1 would be
+        other = tmp_path / "rank1.pt"
+        follower = Trainer(DistributedDataParallel(GRUSeq2Seq(config())), torch.optim.SGD(inner.parameters(), lr=0.1),
+                           "cpu", checkpoint_path=other, progress=False)
+        history = follower.fit(epoch_batches, max_steps=2, evaluate=evaluate)
+        assert not other.exists() and history.evals == [] and len(history.losses) == 2
+    finally:
+        dist.destroy_process_group()

@@ -7,8 +7,12 @@ between papers when computed the same way, so we report two numbers and say whic
 * :func:`corpus_bleu`: **sacreBLEU**, the standard: detokenized output, case-sensitive, sacreBLEU's
   own ``13a`` tokenization. Report this one.
 * :func:`tokenized_bleu`: the same, **lowercased**. Older tutorials (for example the classic
-  PyTorch seq2seq notebooks) scored lowercased, tokenized text; this reproduces that number so
-  you can compare with them. It is higher than cased BLEU and is not the standard metric.
+  PyTorch seq2seq notebooks) scored lowercased text split into words by spaCy, with torchtext's
+  ``bleu_score``; lowercased 13a BLEU *approximates* that number (the tokenizers differ a little),
+  so you can compare with them roughly. It is higher than cased BLEU and is not the standard metric.
+
+Each score comes with sacreBLEU's *signature* (``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|
+version:...``), the exact settings it was computed with; report it next to the number.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import sacrebleu
 import torch
+from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.bleu import BLEUScore
 
 from .batching import pad_sequences
@@ -74,20 +78,25 @@ def _check_parallel(hypotheses: Sequence[str], references: Sequence[str]) -> Non
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references.")
 
 
+def _score(metric: BLEU, hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
+    _check_parallel(hypotheses, references)
+    score = metric.corpus_score(list(hypotheses), [list(references)])
+    score.signature = str(metric.get_signature())  # e.g. nrefs:1|case:mixed|eff:no|tok:13a|...
+    return score
+
+
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
     """Standard sacreBLEU (cased, 13a tokenization) of detokenized sentences; ``.score`` is 0-100.
 
-    ``str(result)`` shows the score, n-gram precisions and brevity penalty; ``references`` holds
-    one reference per hypothesis.
+    ``str(result)`` shows the score, n-gram precisions and brevity penalty, ``result.signature``
+    sacreBLEU's signature of the settings; ``references`` holds one reference per hypothesis.
     """
-    _check_parallel(hypotheses, references)
-    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+    return _score(BLEU(), hypotheses, references)
 
 
 def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
-    """Lowercased, 13a-tokenized BLEU: the metric older tutorials report (not the standard one)."""
-    _check_parallel(hypotheses, references)
-    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True, tokenize="13a")
+    """Lowercased, 13a-tokenized BLEU: approximates the metric older tutorials report (not the standard one)."""
+    return _score(BLEU(lowercase=True, tokenize="13a"), hypotheses, references)
 
 
 @dataclass(frozen=True)
@@ -143,8 +152,10 @@ class BleuReport:
 
     def __str__(self) -> str:
         return (f"sacreBLEU {self.bleu.score:.2f} (cased, standard) | "
-                f"lowercased tokenized BLEU {self.tokenized.score:.2f} (older tutorials' metric) "
-                f"| {len(self.hypotheses)} sentences")
+                f"lowercased tokenized BLEU {self.tokenized.score:.2f} (approximates older tutorials' "
+                f"metric) | {len(self.hypotheses)} sentences\n"
+                f"  signatures: {getattr(self.bleu, 'signature', '?')} | "
+                f"{getattr(self.tokenized, 'signature', '?')}")
 
 
 def evaluate_bleu(model, tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,

@@ -54,11 +54,19 @@ def plot_curves(
     logx: bool = False,
     logy: bool = False,
     ax=None,
+    spread: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ):
-    """Several named curves over the same ``x``, with markers (timings, gradient norms, ...)."""
+    """Several named curves over the same ``x``, with markers (timings, gradient norms, ...).
+
+    ``spread`` maps some curves' names to (low, high) values, drawn as a shaded band around the
+    curve (for timings: the fastest and the slowest run).
+    """
     ax = _axes(ax, (6.5, 4))
     for name, values in curves.items():
-        ax.plot(x, values, marker="o", markersize=3, label=name)
+        (line,) = ax.plot(x, values, marker="o", markersize=3, label=name)
+        if spread is not None and name in spread:
+            low, high = spread[name]
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if logx:
         ax.set_xscale("log", base=2)
     if logy:

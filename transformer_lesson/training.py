@@ -9,6 +9,15 @@ A checkpoint holds the model, optimizer, scheduler and gradient-scaler states, t
 training (step, epoch, batches done in the epoch), every random-number generator's state, the
 run's config and the tokenizer's fingerprint. It is written to a temporary file and then renamed
 over the old one, so a crash while saving never leaves a half-written checkpoint behind.
+Everything in it is a tensor or a plain Python value (NumPy numbers, paths and dataclasses are
+converted), so that ``torch.load(weights_only=True)`` can read it without running any code.
+
+Resuming is exact on a CPU: bit for bit the weights an uninterrupted run ends with. On a GPU it is
+exact up to the nondeterminism of some GPU kernels (cuDNN's RNNs, atomic adds), so the two runs
+can drift apart in the last digits.
+
+Under ``torchrun`` (distributed data parallel, a later lesson) every process trains, but only
+the main one (rank 0) draws the progress bar, evaluates and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .runtime import amp_settings
+from .runtime import AmpSettings, amp_settings
 
 CHECKPOINT_FORMAT = "transformer-lesson-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -115,12 +125,52 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def to_plain(value: Any) -> Any:
+    """``value`` with NumPy numbers and arrays, paths, dataclasses, enums, devices and dtypes turned
+    into plain Python values (recursively through dicts, lists and tuples), so that
+    ``torch.load(weights_only=True)`` accepts it. Tensors are kept; anything else becomes its ``str``
+    (with a warning)."""
+    if isinstance(value, np.generic):  # before the next line: np.float64 is a subclass of float
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike | torch.device | torch.dtype):
+        return str(value)
+    if isinstance(value, Enum):
+        return to_plain(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {to_plain(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [to_plain(v) for v in value]
+        return tuple(items) if type(value) is tuple else items  # a namedtuple becomes a list
+    warnings.warn(f"A {type(value).__name__} in a checkpoint's config or history is stored as its "
+                  f"string {str(value)[:60]!r}.", stacklevel=3)
+    return str(value)
+
+
 def _plain_config(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    return dict(config)
+        return to_plain(dataclasses.asdict(config))
+    return to_plain(dict(config))
+
+
+def is_main_process() -> bool:
+    """False in every process but rank 0 of an initialised ``torch.distributed`` run (``torchrun``)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or DataParallel) wrapper; other models as they are."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def _fingerprint(tokenizer: Any) -> str | None:
@@ -149,6 +199,7 @@ def save_checkpoint(
     :class:`~transformer_lesson.tokenizer.Tokenizer` or its fingerprint string.
     """
     path = Path(path)
+    model = unwrap(model)  # no "module." prefix in the saved names
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -180,8 +231,12 @@ def save_checkpoint(
     return path
 
 
-def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming every missing, unexpected or differently shaped parameter."""
+def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                          path: str | Path | None = None) -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or differently shaped parameter.
+
+    ``path``, the file the state dict came from, is named in the message.
+    """
     own = model.state_dict()
     problems = []
     for name, tensor in state_dict.items():
@@ -196,11 +251,14 @@ def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tenso
         if any("embedding" in p or ".out." in p for p in problems):
             vocab_hint = ("\nA differing first dimension of an embedding or output layer means a "
                           "different vocabulary size.")
+        where = f" {path}" if path is not None else ""
+        afresh = (f"delete {path} to train afresh" if path is not None
+                  else "delete the checkpoint file to train afresh")
         raise CheckpointError(
-            f"The {source} does not fit this {type(model).__name__} ({len(problems)} problem(s)):\n"
+            f"The {source}{where} does not fit this {type(model).__name__} ({len(problems)} problem(s)):\n"
             + "\n".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "") + vocab_hint
-            + "\nBuild the model with the config the checkpoint was trained with "
-              "(checkpoint['config']), or train a new one.")
+            + f"\nBuild the model with the config the checkpoint was trained with "
+              f"(checkpoint['config']), or {afresh}.")
 
 
 def load_checkpoint(
@@ -226,6 +284,14 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "weights only load failed" in str(error).lower():
+            raise CheckpointError(
+                f"The checkpoint {path} is complete, but it holds a Python object that a safe load "
+                f"(torch.load(weights_only=True)) refuses to read, such as a NumPy number or a Path "
+                f"saved by other code. Do not delete it: if you trust the file, read it with "
+                f"torch.load(path, weights_only=False) and save it again with save_checkpoint(), "
+                f"which stores plain values only. ({first_line})") from None
         raise CheckpointError(
             f"The checkpoint {path} could not be read: it is truncated or corrupt (perhaps the run "
             f"was killed while copying it). Delete it to start afresh. ({type(error).__name__}: "
@@ -242,8 +308,16 @@ def load_checkpoint(
             f"{path} was trained with a different vocabulary: its tokenizer fingerprint is "
             f"{theirs!r}, this tokenizer's is {ours!r}. Token ids would mean different words; "
             f"use the tokenizer the model was trained with (same vocab_size and training text).")
+    _apply_checkpoint(payload, path, model, optimizer, scheduler, scaler)
+    return payload
+
+
+def _apply_checkpoint(payload: Mapping[str, Any], path: Path, model: nn.Module | None, optimizer: Any,
+                      scheduler: Any, scaler: Any) -> None:
+    """Load a read checkpoint's states into whatever objects are given (see :func:`load_checkpoint`)."""
     if model is not None:
-        check_state_dict_fits(model, payload["model"])
+        model = unwrap(model)
+        check_state_dict_fits(model, payload["model"], path=path)
         model.load_state_dict(payload["model"])
     if optimizer is not None and payload.get("optimizer") is not None:
         try:
@@ -254,7 +328,6 @@ def load_checkpoint(
         scheduler.load_state_dict(payload["scheduler"])
     if scaler is not None and payload.get("scaler") is not None:
         scaler.load_state_dict(payload["scaler"])
-    return payload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,14 +347,14 @@ class History:
     evals: list[dict[str, float]] = field(default_factory=list)  # each has "step" and "epoch"
 
     def log_step(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float) -> None:
-        self.steps.append(step)
-        self.epochs.append(epoch)
-        self.losses.append(loss)
-        self.learning_rates.append(lr)
-        self.grad_norms.append(grad_norm)
+        self.steps.append(int(step))
+        self.epochs.append(int(epoch))
+        self.losses.append(float(loss))
+        self.learning_rates.append(float(lr))
+        self.grad_norms.append(float(grad_norm))
 
     def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> History:
@@ -330,10 +403,16 @@ class Trainer:
     ``loss_fn(model, batch) -> (loss, n_tokens)`` defaults to :func:`seq2seq_loss`.
     ``clip_norm`` caps the gradient's global norm (None: no clipping; RNNs need it, their
     gradients can explode). ``amp=True`` uses :func:`~transformer_lesson.runtime.amp_settings`:
-    bfloat16 autocast on recent GPUs, float16 with a gradient scaler on older ones, off on CPU.
-    With ``checkpoint_path`` a checkpoint is written every ``checkpoint_every`` steps and at the
-    end, and :meth:`fit` resumes from it if it exists. ``config`` (a dict or dataclass) and
-    ``tokenizer`` are stored in it as metadata.
+    bfloat16 autocast on recent GPUs, float16 with a gradient scaler on older ones, off on CPU
+    (an :class:`~transformer_lesson.runtime.AmpSettings` may be given instead).
+    With ``checkpoint_path`` a checkpoint is written every ``checkpoint_every`` steps, at the end
+    of every epoch and at the end of :meth:`fit`, and :meth:`fit` resumes from it if it exists.
+    ``config`` (a dict or dataclass: the run's hyperparameters) and ``tokenizer`` are stored in it;
+    resuming from a checkpoint whose config differs raises :class:`CheckpointError` (delete the
+    file to train afresh with the new settings).
+
+    ``model`` may be wrapped in ``DistributedDataParallel``: it is trained as given, while
+    ``self.module`` (the model inside) is what is saved, evaluated and decoded with.
     """
 
     def __init__(
@@ -343,7 +422,7 @@ class Trainer:
         device: torch.device | str,
         scheduler: Any = None,
         clip_norm: float | None = 1.0,
-        amp: bool = True,
+        amp: bool | AmpSettings = True,
         loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]] = seq2seq_loss,
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int | None = 500,
@@ -353,10 +432,14 @@ class Trainer:
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.module = unwrap(self.model)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.clip_norm = clip_norm
-        self.amp = amp_settings(self.device) if amp else amp_settings("cpu")
+        if isinstance(amp, AmpSettings):
+            self.amp = amp
+        else:
+            self.amp = amp_settings(self.device) if amp else amp_settings("cpu")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.use_grad_scaler)
         self.loss_fn = loss_fn
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -368,6 +451,13 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.epoch = 0  # current epoch (0-based)
         self.position = 0  # batches of the current epoch already trained on
+        self.last_lr = float(optimizer.param_groups[0]["lr"])  # the rate the last step used
+        self.skipped_steps = 0  # float16 steps the gradient scaler skipped (inf/NaN gradients)
+
+    @property
+    def is_main_process(self) -> bool:
+        """True unless this is a non-zero rank of a distributed run."""
+        return is_main_process()
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -376,19 +466,33 @@ class Trainer:
         path = path or self.checkpoint_path
         if path is None:
             raise ValueError("No path: pass one or give the Trainer a checkpoint_path.")
-        return save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler,
+        return save_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
                                step=self.step, epoch=self.epoch, position=self.position,
                                config=self.config, tokenizer=self.tokenizer, history=self.history)
 
+    def _save_if_main(self) -> None:
+        if self.checkpoint_path is not None and self.is_main_process:
+            self.save()
+
     def load(self, path: str | Path | None = None) -> dict[str, Any]:
-        """Restore a checkpoint written by :meth:`save`; returns it. RNG states are restored by :meth:`fit`."""
-        path = path or self.checkpoint_path
-        payload = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                  tokenizer=self.tokenizer, map_location=self.device)
-        if payload.get("config") and self.config and payload["config"] != self.config:
-            changed = sorted(k for k in set(payload["config"]) | set(self.config)
-                             if payload["config"].get(k) != self.config.get(k))
-            warnings.warn(f"Resuming from {path}, whose config differs in {changed}.", stacklevel=2)
+        """Restore a checkpoint written by :meth:`save`; returns it. RNG states are restored by :meth:`fit`.
+
+        Raises :class:`CheckpointError` when the checkpoint's config differs from this trainer's:
+        resuming would silently continue the old run (its weights, its optimizer's learning rate)
+        instead of training with the new settings.
+        """
+        path = Path(path or self.checkpoint_path)
+        payload = load_checkpoint(path, tokenizer=self.tokenizer, map_location=self.device)
+        theirs = payload.get("config") or {}
+        if theirs and self.config and theirs != self.config:
+            changed = sorted(str(k) for k in set(theirs) | set(self.config) if theirs.get(k) != self.config.get(k))
+            details = ", ".join(f"{k}: {theirs.get(k, '(unset)')!r} -> {self.config.get(k, '(unset)')!r}"
+                                for k in changed[:8])
+            raise CheckpointError(
+                f"The checkpoint {path} was trained with a different config ({details}). Resuming it "
+                f"would continue the old run, not train with the new settings. Delete {path} to "
+                f"train afresh, or set the config back to resume it.")
+        _apply_checkpoint(payload, path, self.module, self.optimizer, self.scheduler, self.scaler)
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
         if payload.get("history") is not None:
             self.history = History.from_state_dict(payload["history"])
@@ -397,7 +501,12 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
 
     def train_step(self, batch: Any) -> tuple[float, float]:
-        """One optimizer step on ``batch``; returns (loss, gradient norm before clipping)."""
+        """One optimizer step on ``batch``; returns (loss, gradient norm before clipping).
+
+        The learning rate this step used is left in ``self.last_lr``. With float16's gradient
+        scaler, a step whose gradients overflowed is skipped (the scaler lowers its scale), and
+        then the scheduler does not step either.
+        """
         batch = batch.to(self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.amp.dtype) if self.amp.enabled
                     else contextlib.nullcontext())
@@ -413,23 +522,34 @@ class Trainer:
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.clip_norm if self.clip_norm is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])  # before the scheduler changes it
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.scheduler is not None:
+        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
+        if not stepped:
+            self.skipped_steps += 1
+        if self.scheduler is not None and stepped:
             self.scheduler.step()
         return loss.item(), float(grad_norm)
 
     def _evaluate(self, evaluate: Callable[[nn.Module], Mapping[str, float]]) -> None:
+        if not self.is_main_process:
+            return
         rng = get_rng_state()  # evaluation must not change the random numbers training sees
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.module.training
+        self.module.eval()
         try:
             with torch.no_grad():
-                metrics = dict(evaluate(self.model))
+                metrics = to_plain(dict(evaluate(self.module)))
         finally:
-            self.model.train(was_training)
+            self.module.train(was_training)
             set_rng_state(rng)
-        self.history.evals.append({"step": self.step, "epoch": self.epoch, **metrics})
+        record = {"step": self.step, "epoch": self.epoch, **metrics}
+        if self.history.evals and self.history.evals[-1]["step"] == self.step:
+            self.history.evals[-1] = record  # this step again (e.g. its epoch's end, after a resume)
+        else:
+            self.history.evals.append(record)
 
     def fit(
         self,
@@ -445,8 +565,9 @@ class Trainer:
         must give the same batches whenever it is called with the same epoch (seed it with the
         epoch, e.g. ``data.batches(4000, seed=epoch)``): on resume, the batches already trained
         on are skipped. ``evaluate(model) -> {name: value}`` runs every ``eval_every`` steps, or
-        after every epoch if ``eval_every`` is None. If ``checkpoint_path`` exists, training
-        resumes from it.
+        after every epoch if ``eval_every`` is None, and once more at the end unless the last
+        step was just evaluated (so a run cut short by ``max_steps`` is still measured). If
+        ``checkpoint_path`` exists, training resumes from it.
         """
         if epochs is None and max_steps is None:
             raise ValueError("Say how long to train: epochs=..., max_steps=..., or both.")
@@ -454,19 +575,25 @@ class Trainer:
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
             payload = self.load()
             pending_rng = payload["rng"]
-            print(f"Resuming from {self.checkpoint_path}: step {self.step}, epoch {self.epoch}, "
-                  f"batch {self.position} of the epoch.")
+            if self.is_main_process:
+                print(f"Resuming from {self.checkpoint_path}: step {self.step}, epoch {self.epoch}, "
+                      f"batch {self.position} of the epoch.")
 
         def finished() -> bool:
             return (max_steps is not None and self.step >= max_steps) or (
                 epochs is not None and self.epoch >= epochs)
 
         self.model.train()
-        bar = tqdm(total=max_steps, initial=self.step, desc="training", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=max_steps, initial=self.step, desc="training",
+                   disable=not (self.progress and self.is_main_process), dynamic_ncols=True)
         try:
             while not finished():
-                batches = iter(make_batches(self.epoch))
+                epoch_batches = make_batches(self.epoch)
+                if max_steps is None and hasattr(epoch_batches, "__len__"):  # assume equal epochs
+                    per_epoch = len(epoch_batches)
+                    bar.total = self.step + (per_epoch - self.position) + (epochs - self.epoch - 1) * per_epoch
+                    bar.refresh()
+                batches = iter(epoch_batches)
                 for _ in range(self.position):  # already trained on before the interruption
                     next(batches, None)
                 if pending_rng is not None:
@@ -475,18 +602,16 @@ class Trainer:
                 trained_this_call = 0
                 for batch in batches:
                     loss, grad_norm = self.train_step(batch)
-                    lr = self.optimizer.param_groups[0]["lr"]
                     self.step += 1
                     self.position += 1
                     trained_this_call += 1
-                    self.history.log_step(self.step, self.epoch, loss, lr, grad_norm)
+                    self.history.log_step(self.step, self.epoch, loss, self.last_lr, grad_norm)
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", refresh=False)
                     if evaluate is not None and eval_every and self.step % eval_every == 0:
                         self._evaluate(evaluate)
-                    if self.checkpoint_path is not None and self.checkpoint_every and \
-                            self.step % self.checkpoint_every == 0:
-                        self.save()
+                    if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                        self._save_if_main()
                     if finished():
                         break
                 else:  # the epoch ran out of batches
@@ -496,10 +621,13 @@ class Trainer:
                     self.position = 0
                     if evaluate is not None and not eval_every:
                         self._evaluate(evaluate)
+                    self._save_if_main()  # a disconnect loses at most part of an epoch
         finally:
             bar.close()
         if pending_rng is not None:  # resumed a run that had already finished
             set_rng_state(pending_rng)
-        if self.checkpoint_path is not None:
-            self.save()
+        if evaluate is not None and self.step > 0 and self.is_main_process and (
+                not self.history.evals or self.history.evals[-1]["step"] != self.step):
+            self._evaluate(evaluate)  # stopped by max_steps (or between evaluations): measure the end
+        self._save_if_main()
         return self.history

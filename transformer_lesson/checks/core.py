@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +80,13 @@ def _leaves(actual: Any, expected: Any, name: str) -> list[tuple[str, Any, Any]]
     """Pair up the parts of ``actual`` with those of ``expected``, following ``expected``'s structure.
 
     Raises :class:`CheckFailed` when the structure differs (None, a list where a tuple of tensors
-    was expected, the wrong number of values).
+    was expected, the wrong number of values). A list of ints (a sequence of token ids, which
+    may have any length) is one part, compared as a whole.
     """
+    if _is_token_list(expected):
+        if actual is None:
+            raise CheckFailed(f"{name} is None: did you forget the `return` statement?")
+        return [(name, actual, expected)]
     if isinstance(expected, tuple | list):
         if actual is None:
             raise CheckFailed(f"{name} returned None: did you forget the `return` statement?")
@@ -103,6 +109,35 @@ def _leaves(actual: Any, expected: Any, name: str) -> list[tuple[str, Any, Any]]
     return [(name, actual, expected)]
 
 
+def _is_token_list(value: Any) -> bool:
+    """A list of Python ints, such as a sentence of token ids."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _short(values: Sequence[Any], limit: int = 200) -> str:
+    text = repr(list(values))
+    return text if len(text) <= limit else text[:limit] + "...]"
+
+
+def _compare_token_list(name: str, actual: Any, expected: list[int]) -> None:
+    """Raise :class:`CheckFailed` unless ``actual`` is the same sequence of ints as ``expected``."""
+    if isinstance(actual, torch.Tensor):
+        actual = actual.tolist()
+    if not isinstance(actual, list | tuple):
+        raise CheckFailed(f"{name} should be a list of ints but is a {type(actual).__name__}.")
+    actual = list(actual)
+    if actual == expected:
+        return
+    match = re.search(r"\[(\d+)\]$", name)
+    label = f"{name} (sentence {match.group(1)})" if match else name
+    if len(actual) != len(expected):
+        raise CheckFailed(f"{label} has {len(actual)} tokens, expected {len(expected)}:\n"
+                          f"  yours:    {_short(actual)}\n  expected: {_short(expected)}")
+    where = next(i for i, (a, e) in enumerate(zip(actual, expected, strict=True)) if a != e)
+    raise CheckFailed(f"{label} differs first at token {where}: you have {actual[where]!r}, expected "
+                      f"{expected[where]!r}:\n  yours:    {_short(actual)}\n  expected: {_short(expected)}")
+
+
 def _close(actual: Any, expected: Any, atol: float, rtol: float) -> bool:
     """True when every part of ``actual`` matches ``expected`` (same structure, shape, values)."""
     try:
@@ -110,7 +145,10 @@ def _close(actual: Any, expected: Any, atol: float, rtol: float) -> bool:
     except CheckFailed:
         return False
     for _, a, e in leaves:
-        if isinstance(e, torch.Tensor):
+        if _is_token_list(e):
+            if not isinstance(a, list | tuple) or list(a) != e:
+                return False
+        elif isinstance(e, torch.Tensor):
             if not isinstance(a, torch.Tensor) or a.shape != e.shape:
                 return False
             if a.dtype == torch.bool or e.dtype == torch.bool:
@@ -156,6 +194,9 @@ def compare(
 
 
 def _compare_leaf(leaf_name, a, e, dims, atol, rtol) -> None:
+    if _is_token_list(e):
+        _compare_token_list(leaf_name, a, e)
+        return
     if not isinstance(e, torch.Tensor):
         if a != e:
             raise CheckFailed(f"{leaf_name} is {a!r} but {e!r} was expected.")

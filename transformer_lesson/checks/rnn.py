@@ -14,7 +14,8 @@ from .core import CheckFailed, Mistake, check_against
 
 def _torch_rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh):
     """The reference: PyTorch's own ``nn.RNNCell`` (tanh) carrying the given weights."""
-    cell = nn.RNNCell(W_ih.shape[1], W_ih.shape[0], nonlinearity="tanh")
+    with torch.random.fork_rng(devices=[]):  # its random init must not move the student's RNG
+        cell = nn.RNNCell(W_ih.shape[1], W_ih.shape[0], nonlinearity="tanh")
     with torch.no_grad():
         cell.weight_ih.copy_(W_ih)
         cell.weight_hh.copy_(W_hh)
@@ -65,8 +66,12 @@ CELL_MISTAKES = (
 )
 
 
-def _explain_errors(student: Callable, name: str, hint: str) -> Callable:
-    """Turn a crash inside the student's function into a CheckFailed that says what to look at."""
+def _explain_errors(student: Callable, name: str, hint: str, index_hint: str = "") -> Callable:
+    """Turn a crash inside the student's function into a CheckFailed that says what to look at.
+
+    ``index_hint`` is added when the crash is an IndexError (an index out of range), which in
+    these exercises is nearly always an off-by-one.
+    """
 
     @functools.wraps(student)
     def guarded(*inputs):
@@ -74,9 +79,13 @@ def _explain_errors(student: Callable, name: str, hint: str) -> Callable:
             return student(*inputs)
         except NotImplementedError:
             raise CheckFailed(f"{name} is not written yet: replace `raise NotImplementedError()`.") from None
-        except RuntimeError as error:
+        except CheckFailed:
+            raise
+        except (RuntimeError, IndexError, ValueError, TypeError) as error:
             shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
-            raise CheckFailed(f"{name} raised an error on inputs {shapes}:\n  {error}\n{hint}") from None
+            extra = f"\n{index_hint}" if index_hint and isinstance(error, IndexError) else ""
+            raise CheckFailed(f"{name} raised {type(error).__name__} on inputs {shapes}:\n  "
+                              f"{error}{extra}\n{hint}") from None
 
     return guarded
 

@@ -43,6 +43,18 @@ def _masked_after_softmax(query, keys, mask, W_query, W_key, v):
     return (weights[:, :, None] * keys).sum(1), weights
 
 
+def _scores_times_mask(query, keys, mask, W_query, W_key, v):
+    scores = torch.tanh(keys @ W_key.T + (query @ W_query.T)[:, None]) @ v
+    weights = torch.softmax(scores * mask, dim=-1)  # a score of 0 is not "no attention": exp(0) = 1
+    return (weights[:, :, None] * keys).sum(1), weights
+
+
+def _inverted_mask(query, keys, mask, W_query, W_key, v):
+    scores = torch.tanh(keys @ W_key.T + (query @ W_query.T)[:, None]) @ v
+    weights = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+    return (weights[:, :, None] * keys).sum(1), weights
+
+
 def _no_tanh(query, keys, mask, W_query, W_key, v):
     scores = (keys @ W_key.T + (query @ W_query.T)[:, None]) @ v
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
@@ -56,6 +68,12 @@ ATTENTION_MISTAKES = (
             "negative float, *before* the softmax.", _unmasked),
     Mistake("the mask was applied after the softmax, so the weights no longer sum to 1: mask the "
             "scores before the softmax instead.", _masked_after_softmax),
+    Mistake("the scores were multiplied by the mask: that sets padding's scores to 0, and a score of "
+            "0 still gets weight exp(0) after the softmax. Use scores.masked_fill(~mask, float('-inf')) "
+            "so that padding gets weight exactly 0.", _scores_times_mask),
+    Mistake("the mask is inverted: it is True at *real* tokens, so fill where it is False, "
+            "scores.masked_fill(~mask, float('-inf')). (Filling where it is True hides the real words, "
+            "and a sentence without padding gets NaN: a softmax over nothing but -inf.)", _inverted_mask),
     Mistake("the tanh is missing: score = v . tanh(W_query q + W_key k). Without it the score is "
             "linear and the query cannot change which key wins.", _no_tanh),
 )

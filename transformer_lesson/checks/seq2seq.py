@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..batching import pad_sequences
 from ..decoding import greedy_decode
 from ..seq2seq import GRUSeq2Seq, Seq2SeqConfig, last_real_state
-from ..tokenizer import BOS_ID, EOS_ID
+from ..tokenizer import BOS_ID, EOS_ID, PAD_ID
 from ..training import sequence_loss
 from .core import CheckFailed, Mistake, check_against
 from .rnn import _explain_errors
@@ -45,7 +46,9 @@ LAST_STATE_MISTAKES = (
 def check_last_real_state(student: Callable, trials: int = 5) -> None:
     """Check ``last_real_state(outputs (B,S,H), src_mask (B,S)) -> (B, H)``."""
     check_against(
-        _explain_errors(student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S)."),
+        _explain_errors(student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
+                        index_hint="An index is out of range: off by one? A sentence with n real tokens "
+                                   "ends at position n - 1, so use src_mask.sum(1) - 1."),
         last_real_state,
         _last_state_inputs,
         name="last_real_state",
@@ -69,6 +72,11 @@ def _per_sentence_mean(logits, targets, mask):
     return ((losses * mask).sum(1) / mask.sum(1)).mean()
 
 
+def _nll_on_logits(logits, targets, mask):
+    losses = F.nll_loss(logits.transpose(1, 2), targets, reduction="none")  # -logits[target]: no softmax
+    return (losses * mask).sum() / mask.sum()
+
+
 LOSS_MISTAKES = (
     Mistake("padding is counted: average over the real tokens only (mask), not over every position.",
             lambda logits, targets, mask: F.cross_entropy(logits.transpose(1, 2), targets)),
@@ -78,6 +86,9 @@ LOSS_MISTAKES = (
     Mistake("that averages each sentence first and then the sentences, so a token of a short "
             "sentence weighs more. Average over all real tokens of the batch at once.",
             _per_sentence_mean),
+    Mistake("F.nll_loss was given raw logits: it expects *log-probabilities* and only picks out "
+            "-input[target]. Apply F.log_softmax(logits, dim=-1) first, or use F.cross_entropy, which "
+            "does both.", _nll_on_logits),
     Mistake("padding is in the denominator: divide by mask.sum(), not by the number of positions.",
             lambda logits, targets, mask: (F.cross_entropy(logits.transpose(1, 2), targets,
                                                            reduction="none") * mask).mean()),
@@ -101,23 +112,59 @@ def check_sequence_loss(student: Callable, trials: int = 5) -> None:
 # -- greedy decoding --------------------------------------------------------------------------
 
 
-def _tiny_model(seed: int) -> GRUSeq2Seq:
-    torch.manual_seed(seed)
-    model = GRUSeq2Seq(Seq2SeqConfig(vocab_size=9, d_embed=8, d_hidden=12, dropout=0.0)).eval()
-    with torch.no_grad():  # make <eos> likely enough that sentences end at different steps
-        model.decoder.out.bias[EOS_ID] += 1.0
-        model.decoder.out.bias[BOS_ID] -= 5.0
-    return model
+class _TinyTranslator(nn.Module):
+    """A tiny random :class:`GRUSeq2Seq` whose translations end at a length set by the source.
+
+    The words come from the random GRU, so they depend on the decoder state and on the tokens fed
+    back; ``<pad>`` and ``<bos>`` are never predicted (logit -inf). ``<eos>`` comes as token
+    number ``2 * n + (sum of the source ids) % 2`` for a source of ``n`` tokens (its own step
+    counter lives in the state, so an answer that drops the new state never ends), and words
+    follow it again, so an answer must *cut* at the first ``<eos>``. A 1-token source gives a
+    2-3 token translation; a 6-token source reaches ``max_len=12`` without ``<eos>``.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # leave the student's random numbers alone
+            torch.manual_seed(seed)
+            self.gru = GRUSeq2Seq(Seq2SeqConfig(vocab_size=9, d_embed=8, d_hidden=12, dropout=0.0))
+        with torch.no_grad():  # larger weights: the words change from step to step
+            for parameter in self.gru.parameters():
+                parameter.mul_(3.0)
+        self.eval()
+
+    def start_decoding(self, src: torch.Tensor, src_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        state = self.gru.start_decoding(src, src_mask)
+        lengths = src_mask.sum(1)
+        total = (src * src_mask).sum(1)
+        return {**state, "until_eos": 2 * lengths + total % 2}  # (B,) words still to write
+
+    def decode_step(self, state: dict[str, torch.Tensor], last_tokens: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, new_state = self.gru.decode_step(state, last_tokens)
+        logits = logits.clone()
+        logits[:, [PAD_ID, BOS_ID]] = float("-inf")
+        ends = state["until_eos"] == 0
+        logits[:, EOS_ID] = torch.where(ends, logits.max(-1).values.abs() + 10.0, float("-inf"))
+        return logits, {**new_state, "until_eos": state["until_eos"] - 1}
+
+
+def _tiny_model(seed: int) -> _TinyTranslator:
+    return _TinyTranslator(seed)
+
+
+DECODE_MAX_LEN = 12
 
 
 def _decode_inputs(g: torch.Generator) -> dict:
     B = int(torch.randint(4, 8, (1,), generator=g))
-    sources = [torch.randint(4, 9, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(B)]
+    lengths = torch.randint(1, 7, (B,), generator=g).tolist()
+    lengths[int(torch.randint(0, B, (1,), generator=g))] = 6  # one translation reaches max_len
+    sources = [torch.randint(4, 9, (n,), generator=g).tolist() for n in lengths]
     src, src_mask = pad_sequences(sources)
     # the model travels as its seed: inputs must be plain values and tensors the check can compare
     return {"model_seed": int(torch.randint(0, 10_000, (1,), generator=g)), "src": src,
-            "src_mask": src_mask, "max_len": 12}
+            "src_mask": src_mask, "max_len": DECODE_MAX_LEN}
 
 
 def _with_tiny_model(decode: Callable) -> Callable:
@@ -145,6 +192,10 @@ def _no_stop(model, src, src_mask, max_len):
     return _decode_without_stopping(model, src, src_mask, max_len).tolist()
 
 
+def _drop_every_eos(model, src, src_mask, max_len):
+    return [[t for t in row if t != EOS_ID] for row in _decode_without_stopping(model, src, src_mask, max_len).tolist()]
+
+
 def _stop_at_first_finisher(model, src, src_mask, max_len):
     rows = _decode_without_stopping(model, src, src_mask, max_len)
     done = (rows == EOS_ID).any(0).nonzero()
@@ -156,13 +207,37 @@ def _with_bos(model, src, src_mask, max_len):
     return [[BOS_ID, *row] for row in greedy_decode(model, src, src_mask, max_len)]
 
 
+def _state_not_updated(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    out = []
+    for _ in range(max_len):
+        logits, _ = model.decode_step(state, last)  # the new state is thrown away
+        last = logits.argmax(-1)
+        out.append(last)
+    rows = torch.stack(out, 1).tolist()
+    return [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in rows]
+
+
+def _one_step_short(model, src, src_mask, max_len):
+    return greedy_decode(model, src, src_mask, max_len - 1)
+
+
 DECODE_MISTAKES = (
     Mistake("<eos> is included: cut each sentence just before its first <eos>.", _keep_eos),
     Mistake("the sentences do not stop at <eos>: everything after the first <eos> must be dropped.",
             _no_stop),
+    Mistake("every <eos> was removed, but the words after the first one were kept: cut each "
+            "sentence at its first <eos> (row[:row.index(EOS)]) instead of filtering out <eos>.",
+            _drop_every_eos),
     Mistake("the whole batch stopped when the first sentence finished; keep going until every "
             "sentence has produced <eos> (or max_len is reached).", _stop_at_first_finisher),
     Mistake("<bos> is included: it is the decoder's first input, not part of the translation.", _with_bos),
+    Mistake("the decoder state is not updated: decode_step returns (logits, new_state), and the "
+            "next step must get new_state (`logits, state = model.decode_step(state, last)`).",
+            _state_not_updated),
+    Mistake("one step short: a sentence that never produces <eos> should have max_len tokens. "
+            "Loop `for _ in range(max_len)`, not range(max_len - 1).", _one_step_short),
 )
 
 
@@ -171,6 +246,8 @@ def check_greedy_decode(student: Callable, trials: int = 4) -> None:
 
     def as_lists(*inputs):
         result = student(*inputs)
+        if result is None or not isinstance(result, tuple | list | torch.Tensor):
+            return result  # the comparison says what is wrong with it
         if isinstance(result, torch.Tensor):
             raise CheckFailed("greedy_decode should return a Python list of lists of ints (one per "
                               "sentence, of different lengths), not a tensor: use .tolist().")
