@@ -1,0 +1,218 @@
+"""Scaled dot-product attention: against PyTorch, teaching path == fast path, masks, bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer_lesson.attention import causal_mask, padding_mask, scaled_dot_product_attention
+from transformer_lesson.checks.attention import (
+    ATTENTION_MISTAKES,
+    attention_inputs,
+    check_attention,
+)
+from transformer_lesson.checks.core import CheckFailed
+
+
+def random_case(generator, dtype=torch.float64):
+    """Random 4-D inputs and a random boolean mask (each query row keeps at least one key)."""
+    b, h, t_q, t_k, d_k, d_v = torch.randint(1, 7, (6,), generator=generator).tolist()
+    q = torch.randn(b, h, t_q, d_k, generator=generator, dtype=dtype)
+    k = torch.randn(b, h, t_k, d_k, generator=generator, dtype=dtype)
+    v = torch.randn(b, h, t_k, d_v, generator=generator, dtype=dtype)
+    mask = torch.rand(b, h, t_q, t_k, generator=generator) < 0.7
+    mask[..., 0] = True
+    return q, k, v, mask
+
+
+def relative_error(actual, expected):
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_matches_torch_sdpa_on_random_masked_inputs(fast):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        q, k, v, mask = random_case(generator)
+        ours, _ = scaled_dot_product_attention(q, k, v, mask, fast=fast)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert relative_error(ours, theirs) <= 1e-10
+
+
+def test_weights_are_a_distribution_over_allowed_keys():
+    q, k, v, mask = random_case(torch.Generator().manual_seed(1))
+    _, weights = scaled_dot_product_attention(q, k, v, mask)
+    assert torch.allclose(weights.sum(-1), torch.ones((), dtype=weights.dtype))
+    assert (weights[~mask] == 0).all()
+    manual = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+        ~mask, -math.inf), dim=-1)
+    assert torch.allclose(weights, manual)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_teaching_and_fast_paths_agree(dtype, tol):
+    generator = torch.Generator().manual_seed(2)
+    for trial in range(20):
+        q, k, v, mask = random_case(generator, dtype)
+        mask = None if trial % 4 == 0 else mask
+        slow, weights = scaled_dot_product_attention(q, k, v, mask, fast=False)
+        fast, none = scaled_dot_product_attention(q, k, v, mask, fast=True)
+        assert weights is not None and none is None
+        assert relative_error(fast, slow) <= tol
+
+
+def test_paths_agree_on_gradients():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v, mask = random_case(generator)
+    grads = []
+    for fast in (False, True):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, _ = scaled_dot_product_attention(*inputs, mask, fast=fast)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
+        grads.append([t.grad for t in inputs])
+    for slow, fast in zip(*grads, strict=True):
+        assert relative_error(fast, slow) <= 1e-10
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_fully_masked_rows_give_zeros_and_no_nan(fast):
+    q = torch.randn(2, 3, 4, 8, dtype=torch.float64)
+    k = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    mask[0, :, 1] = False  # batch 0, query 1: no key allowed
+    mask[1] = False  # batch 1: nothing at all
+    out, weights = scaled_dot_product_attention(q, k, v, mask, fast=fast)
+    assert torch.isfinite(out).all()
+    assert (out[0, :, 1] == 0).all() and (out[1] == 0).all()
+    if not fast:
+        assert (weights[0, :, 1] == 0).all() and (weights[1] == 0).all()
+        assert torch.allclose(weights[0, :, 0].sum(-1), torch.ones(3, dtype=torch.float64))
+    # The other rows are ordinary attention.
+    expected = F.scaled_dot_product_attention(q[0, :, [0, 2, 3]], k[0], v[0])
+    assert torch.allclose(out[0, :, [0, 2, 3]], expected)
+    out.sum().backward()
+    assert torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
+    assert (k.grad[1] == 0).all()
+
+
+def test_causal_mask():
+    assert causal_mask(3).int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    # Two new queries over five keys (three cached): the queries are positions 3 and 4.
+    assert causal_mask(2, 5).tolist() == [[True] * 4 + [False], [True] * 5]
+    with pytest.raises(ValueError, match="n_queries <= n_keys"):
+        causal_mask(4, 3)
+
+
+def test_causal_mask_makes_outputs_independent_of_the_future():
+    x = torch.randn(1, 6, 4, dtype=torch.float64)
+    changed = x.clone()
+    changed[0, 4:] += 10.0
+    for fast in (False, True):
+        a, _ = scaled_dot_product_attention(x, x, x, causal_mask(6), fast=fast)
+        b, _ = scaled_dot_product_attention(changed, changed, changed, causal_mask(6), fast=fast)
+        assert torch.allclose(a[0, :4], b[0, :4]) and not torch.allclose(a[0, 4:], b[0, 4:])
+
+
+def test_padding_mask_ignores_padded_keys():
+    real = torch.tensor([[True, True, True, False, False], [True] * 5])
+    mask = padding_mask(real)
+    assert mask.shape == (2, 1, 1, 5)
+    q = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    kv = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    noisy = kv.clone()
+    noisy[0, :, 3:] = 1e3  # garbage in the padding must not matter
+    a, _ = scaled_dot_product_attention(q, kv, kv, mask)
+    b, _ = scaled_dot_product_attention(q, noisy, noisy, mask)
+    assert torch.allclose(a, b)
+    both = mask & causal_mask(5)
+    assert both.shape == (2, 1, 5, 5)
+    with pytest.raises(ValueError, match=r"\(batch, time\) boolean"):
+        padding_mask(real.float())
+
+
+def test_self_and_cross_attention_shapes():
+    x = torch.randn(2, 7, 16)
+    memory = torch.randn(2, 4, 16)
+    out, weights = scaled_dot_product_attention(x, x, x)
+    assert out.shape == (2, 7, 16) and weights.shape == (2, 7, 7)
+    out, weights = scaled_dot_product_attention(x, memory, memory)
+    assert out.shape == (2, 7, 16) and weights.shape == (2, 7, 4)
+
+
+@pytest.mark.parametrize(
+    "q_shape,k_shape,v_shape,match",
+    [
+        ((2, 5, 8), (2, 6, 7), (2, 6, 3), r"queries have d_k=8 .* keys have 7"),
+        ((2, 5, 8), (2, 6, 8), (2, 4, 3), r"keys have T_k=6 .* values have 4"),
+        ((2, 5, 8), (3, 6, 8), (3, 6, 3), r"leading \(batch, head\) dimensions must be equal"),
+        ((8,), (6, 8), (6, 3), r"queries has shape \(8\), but at least 2"),
+    ],
+)
+def test_shape_mismatches_are_explained(q_shape, k_shape, v_shape, match):
+    with pytest.raises(ValueError, match=match):
+        q, k, v = torch.randn(q_shape), torch.randn(k_shape), torch.randn(v_shape)
+        scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_bad_masks_are_explained(fast):
+    q, k, v = torch.randn(2, 5, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 3)
+    with pytest.raises(ValueError, match=r"dimension 2 \(T_k \(keys\)\) is 5, expected 6 or 1"):
+        scaled_dot_product_attention(q, k, v, torch.ones(2, 5, 5, dtype=torch.bool), fast=fast)
+    with pytest.raises(ValueError, match=r"dimension 0 \(T_q \(queries\)\) is 6, expected 5 or 1"):
+        scaled_dot_product_attention(q, k, v, torch.ones(6, 6, dtype=torch.bool), fast=fast)
+    with pytest.raises(ValueError, match="mask has 4 dimensions"):
+        scaled_dot_product_attention(q, k, v, torch.ones(2, 1, 1, 6, dtype=torch.bool), fast=fast)
+    with pytest.raises(TypeError, match="mask must be a boolean tensor.*float32"):
+        scaled_dot_product_attention(q, k, v, torch.zeros(2, 5, 6), fast=fast)
+    with pytest.raises(TypeError, match="share one dtype"):
+        scaled_dot_product_attention(q, k.double(), v, fast=fast)
+
+
+def test_check_accepts_a_right_answer(capsys):
+    def attention(queries, keys, values, mask=None):
+        scores = queries @ keys.transpose(-2, -1) / queries.shape[-1] ** 0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1)
+        return weights @ values, weights
+
+    check_attention(attention)
+    assert "✓ attention" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_MISTAKES))
+def test_check_names_each_mistake(name):
+    mistake = ATTENTION_MISTAKES[name]
+    with pytest.raises(CheckFailed) as failure:
+        check_attention(mistake.implementation, quiet=True)
+    assert f"Likely cause: {mistake.advice}" in str(failure.value)
+
+
+def test_check_explains_a_crash():
+    def wrong_transpose(queries, keys, values, mask=None):
+        scores = queries @ keys.transpose(1, 2) / queries.shape[-1] ** 0.5  # wrong for 4-D inputs
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1)
+        return weights @ values, weights
+
+    with pytest.raises(CheckFailed, match="keys.transpose\\(-2, -1\\)"):
+        check_attention(wrong_transpose, quiet=True)
+
+
+def test_check_inputs_vary():
+    counter = [0]
+    generator = torch.Generator().manual_seed(0)
+    shapes = {len(attention_inputs(generator, counter)["queries"].shape) for _ in range(6)}
+    assert shapes == {3, 4}
+
+
+def test_check_lets_not_implemented_through():
+    def attention(queries, keys, values, mask=None):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        check_attention(attention)

@@ -1,0 +1,193 @@
+"""Multi-head attention: several small attentions side by side, each free to follow its own thing.
+
+One attention computes one weighted average per query, so it can follow one relationship at a
+time. Multi-head attention projects the input into ``n_heads`` smaller (queries, keys, values),
+of ``d_head = d_model / n_heads`` features each, runs attention in every head at once, puts the
+heads' outputs side by side again and mixes them with an output projection::
+
+    (B, T, d_model) --project--> (B, T, d_model) --split--> (B, n_heads, T, d_head)
+        --attention--> (B, n_heads, T_q, d_head) --merge--> (B, T_q, d_model) --project--> out
+
+The projections are the same size as for one big head, so splitting costs no parameters.
+
+The weights are laid out like :class:`torch.nn.MultiheadAttention`'s (one ``in_proj`` holding
+W_q, W_k, W_v stacked, then ``out_proj``), so :meth:`MultiHeadAttention.load_from_torch` copies
+them over unchanged. Masks follow the course convention (True = may attend).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import scaled_dot_product_attention
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, d_model) -> (B, n_heads, T, d_head): head h gets features h*d_head:(h+1)*d_head."""
+    batch, time, d_model = x.shape
+    if d_model % n_heads != 0:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}.")
+    return x.view(batch, time, n_heads, d_model // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, n_heads, T, d_head) -> (B, T, n_heads * d_head): the inverse of :func:`split_heads`."""
+    batch, n_heads, time, d_head = x.shape
+    return x.transpose(1, 2).reshape(batch, time, n_heads * d_head)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, batch-first, for self-attention and cross-attention.
+
+    ``fast`` picks the attention path (see :mod:`transformer_lesson.attention`); it is a plain
+    attribute, so ``mha.fast = False`` switches an existing module. ``dropout`` drops attention
+    weights during training.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True, fast: bool = True
+    ):
+        super().__init__()
+        if n_heads < 1 or d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model={d_model} must be divisible by n_heads={n_heads}: each head gets "
+                f"d_model / n_heads features. Try n_heads in "
+                f"{[h for h in range(1, d_model + 1) if d_model % h == 0][:8]}."
+            )
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.dropout, self.fast = dropout, fast
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # W_q, W_k, W_v stacked
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def project(
+        self, queries_in: torch.Tensor, keys_in: torch.Tensor, values_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input projections, each (B, T, d_model); one matmul when the inputs coincide."""
+        d = self.d_model
+        if queries_in is keys_in and keys_in is values_in:  # self-attention: one product
+            return self.in_proj(queries_in).chunk(3, dim=-1)
+        queries = self._rows_of_in_proj(queries_in, 0, d)
+        if keys_in is values_in:  # cross-attention over one memory: one product for both
+            keys, values = self._rows_of_in_proj(keys_in, d, 3 * d).chunk(2, dim=-1)
+        else:
+            keys = self._rows_of_in_proj(keys_in, d, 2 * d)
+            values = self._rows_of_in_proj(values_in, 2 * d, 3 * d)
+        return queries, keys, values
+
+    def _rows_of_in_proj(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """``x`` through rows first:last of ``in_proj`` (W_q is rows 0:d, W_k d:2d, W_v 2d:3d)."""
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[first:last]
+        return F.linear(x, self.in_proj.weight[first:last], bias)
+
+    def forward(
+        self,
+        queries_in: torch.Tensor,
+        keys_in: torch.Tensor | None = None,
+        values_in: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from ``queries_in`` (B, T_q, d_model) over ``keys_in``, ``values_in`` (B, T_k, d).
+
+        ``keys_in`` defaults to ``queries_in`` and ``values_in`` to ``keys_in``, so ``mha(x)`` is
+        self-attention. ``mask`` is boolean, broadcastable to (B, n_heads, T_q, T_k): a
+        (T_q, T_k) causal mask, or (B, 1, 1, T_k) from
+        :func:`~transformer_lesson.attention.padding_mask`.
+        Returns the output (B, T_q, d_model) and, if ``need_weights``, the per-head weights
+        (B, n_heads, T_q, T_k), else None. Asking for weights uses the teaching path for this call,
+        because PyTorch's fused kernels do not return them.
+        """
+        keys_in = queries_in if keys_in is None else keys_in
+        values_in = keys_in if values_in is None else values_in
+        self._check_inputs(queries_in, keys_in, values_in)
+        queries, keys, values = self.project(queries_in, keys_in, values_in)
+        queries = split_heads(queries, self.n_heads)  # (B, nh, T_q, dh)
+        keys = split_heads(keys, self.n_heads)  # (B, nh, T_k, dh)
+        values = split_heads(values, self.n_heads)  # (B, nh, T_k, dh)
+        heads, weights = scaled_dot_product_attention(
+            queries, keys, values, mask,
+            fast=self.fast and not need_weights,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T_q, dh)
+        return self.out_proj(merge_heads(heads)), weights if need_weights else None
+
+    def _check_inputs(self, queries_in, keys_in, values_in) -> None:
+        for name, x in (("queries_in", queries_in), ("keys_in", keys_in), ("values_in", values_in)):
+            if x.dim() != 3 or x.shape[-1] != self.d_model:
+                raise ValueError(
+                    f"{name} has shape {tuple(x.shape)}, but (batch, time, d_model={self.d_model}) "
+                    f"was expected (batch first)."
+                )
+        if keys_in.shape[1] != values_in.shape[1]:
+            raise ValueError(
+                f"keys_in has {keys_in.shape[1]} positions (dimension 1) but values_in has "
+                f"{values_in.shape[1]}: each key needs one value."
+            )
+        if not queries_in.shape[0] == keys_in.shape[0] == values_in.shape[0]:
+            raise ValueError(
+                f"Batch sizes (dimension 0) differ: queries_in {queries_in.shape[0]}, keys_in "
+                f"{keys_in.shape[0]}, values_in {values_in.shape[0]}."
+            )
+
+    @classmethod
+    def load_from_torch(
+        cls, torch_mha: nn.MultiheadAttention, fast: bool = True
+    ) -> MultiHeadAttention:
+        """A copy of ``torch_mha``'s weights in this class (same device and dtype).
+
+        Only the common configuration is supported: one embedding size for queries, keys and
+        values, and no ``add_bias_kv`` / ``add_zero_attn``. Remember that PyTorch's boolean masks
+        mean the opposite of ours for ``nn.MultiheadAttention`` (True = *not* allowed).
+        """
+        if not torch_mha._qkv_same_embed_dim:
+            raise ValueError("torch_mha has kdim/vdim different from embed_dim: not supported.")
+        if torch_mha.bias_k is not None or torch_mha.add_zero_attn:
+            raise ValueError("torch_mha uses add_bias_kv or add_zero_attn: not supported.")
+        bias = torch_mha.in_proj_bias is not None
+        weight = torch_mha.in_proj_weight
+        mha = cls(torch_mha.embed_dim, torch_mha.num_heads, torch_mha.dropout, bias, fast)
+        mha.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            mha.in_proj.weight.copy_(weight)
+            mha.out_proj.weight.copy_(torch_mha.out_proj.weight)
+            if bias:
+                mha.in_proj.bias.copy_(torch_mha.in_proj_bias)
+                mha.out_proj.bias.copy_(torch_mha.out_proj.bias)
+        return mha
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, "
+            f"dropout={self.dropout}, fast={self.fast}"
+        )
+
+
+def attention_heads_loop(
+    mha: MultiHeadAttention,
+    queries_in: torch.Tensor,
+    keys_in: torch.Tensor,
+    values_in: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same as ``mha(queries_in, keys_in, values_in, mask)[0]``, one head after another.
+
+    Shown in lesson 05 only to be timed against the batched version: each head projects its own
+    slice of W_q, W_k, W_v and runs its own attention, in a Python loop.
+    Shapes: (B, T_q, d_model), (B, T_k, d_model) x 2 -> (B, T_q, d_model).
+    """
+    if mask is not None and mask.dim() == 4:
+        if mask.shape[1] != 1:
+            raise ValueError("attention_heads_loop needs a mask that is the same for every head.")
+        mask = mask[:, 0]  # (B, 1 or T_q, T_k)
+    d, dh = mha.d_model, mha.d_head
+    outputs = []
+    for h in range(mha.n_heads):
+        first = h * dh  # head h owns rows first:first+dh of each of W_q, W_k, W_v
+        queries = mha._rows_of_in_proj(queries_in, first, first + dh)  # (B, T_q, dh)
+        keys = mha._rows_of_in_proj(keys_in, d + first, d + first + dh)  # (B, T_k, dh)
+        values = mha._rows_of_in_proj(values_in, 2 * d + first, 2 * d + first + dh)  # (B, T_k, dh)
+        out, _ = scaled_dot_product_attention(queries, keys, values, mask, fast=mha.fast)
+        outputs.append(out)
+    return mha.out_proj(torch.cat(outputs, dim=-1))  # (B, T_q, d_model)
