@@ -1,8 +1,44 @@
-"""Shared test settings: quick mode on, plots off-screen, a private tokenizer cache."""
+"""Shared test settings and helpers: quick mode on, plots off-screen, one CPU thread for tiny models."""
 
 import os
 
 import matplotlib
+import pytest
+import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("TL_QUICK", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def train_on_reverse():
+    """Train a seq2seq model class on the toy reverse task; return exact-match accuracy on 300 fresh sequences."""
+    from transformer_lesson.evaluation import exact_match
+    from transformer_lesson.runtime import seed_everything
+    from transformer_lesson.seq2seq import Seq2SeqConfig
+    from transformer_lesson.toy import toy_batch, toy_vocab_size
+    from transformer_lesson.training import Trainer
+
+    def train(model_class, steps, min_len, max_len, d_hidden, n_symbols=8, seed=0):
+        seed_everything(seed)
+        config = Seq2SeqConfig(vocab_size=toy_vocab_size(n_symbols), d_embed=32, d_hidden=d_hidden,
+                               dropout=0.0, d_attention=d_hidden)
+        model = model_class(config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        data = torch.Generator().manual_seed(seed + 1)
+        trainer = Trainer(model, optimizer, "cpu", progress=False)
+        trainer.fit(lambda epoch: (toy_batch("reverse", 64, min_len, max_len, n_symbols, data)
+                                   for _ in range(steps)), epochs=1)
+        test = toy_batch("reverse", 300, min_len, max_len, n_symbols, torch.Generator().manual_seed(999))
+        return exact_match(model, test)
+
+    return train

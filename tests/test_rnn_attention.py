@@ -6,20 +6,14 @@ import torch
 from transformer_lesson.batching import pad_sequences
 from transformer_lesson.checks.core import CheckFailed
 from transformer_lesson.checks.rnn_attention import ATTENTION_MISTAKES, check_additive_attention
-from transformer_lesson.evaluation import exact_match
 from transformer_lesson.rnn_attention import AdditiveAttention, AttentionGRUSeq2Seq, additive_attention
-from transformer_lesson.runtime import seed_everything
 from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
-from transformer_lesson.toy import toy_batch, toy_vocab_size
-from transformer_lesson.training import Trainer
+from transformer_lesson.toy import toy_batch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def test_module_equals_function_and_weights_are_a_distribution():
@@ -72,22 +66,7 @@ def test_check_says_when_outputs_are_swapped():
         check_additive_attention(transposed_weights)
 
 
-def train_on_reverse(model_class, steps, min_len, max_len, d_hidden, n_symbols=8, seed=0):
-    """Train on the toy reverse task; return exact-match accuracy on 300 fresh sequences."""
-    seed_everything(seed)
-    config = Seq2SeqConfig(vocab_size=toy_vocab_size(n_symbols), d_embed=32, d_hidden=d_hidden,
-                           dropout=0.0, d_attention=d_hidden)
-    model = model_class(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    data = torch.Generator().manual_seed(seed + 1)
-    trainer = Trainer(model, optimizer, "cpu", progress=False)
-    trainer.fit(lambda epoch: (toy_batch("reverse", 64, min_len, max_len, n_symbols, data)
-                               for _ in range(steps)), epochs=1)
-    test = toy_batch("reverse", 300, min_len, max_len, n_symbols, torch.Generator().manual_seed(999))
-    return exact_match(model, test)
-
-
-def test_attention_beats_a_single_context_vector_on_long_sequences():
+def test_attention_beats_a_single_context_vector_on_long_sequences(train_on_reverse):
     with_attention = train_on_reverse(AttentionGRUSeq2Seq, steps=300, min_len=10, max_len=14, d_hidden=64)
     without = train_on_reverse(GRUSeq2Seq, steps=300, min_len=10, max_len=14, d_hidden=64)
     assert with_attention >= 0.9, f"attention: exact match {with_attention:.1%}"

@@ -13,20 +13,14 @@ from transformer_lesson.checks.seq2seq import (
     check_last_real_state,
     check_sequence_loss,
 )
-from transformer_lesson.evaluation import exact_match
-from transformer_lesson.runtime import seed_everything
 from transformer_lesson.seq2seq import GRUEncoder, GRUSeq2Seq, Seq2SeqConfig, last_real_state
-from transformer_lesson.toy import toy_batch, toy_vocab_size
-from transformer_lesson.training import Trainer, sequence_loss
+from transformer_lesson.toy import toy_batch
+from transformer_lesson.training import sequence_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def small_config(**overrides):
@@ -93,22 +87,7 @@ def test_loss_check_accepts_ignore_index_answer():
                                                                       ignore_index=0))
 
 
-def train_on_reverse(model_class, steps, min_len, max_len, d_hidden, n_symbols=8, seed=0):
-    """Train on the toy reverse task; return exact-match accuracy on 300 fresh sequences."""
-    seed_everything(seed)
-    config = Seq2SeqConfig(vocab_size=toy_vocab_size(n_symbols), d_embed=32, d_hidden=d_hidden,
-                           dropout=0.0, d_attention=d_hidden)
-    model = model_class(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    data = torch.Generator().manual_seed(seed + 1)
-    trainer = Trainer(model, optimizer, "cpu", progress=False)
-    trainer.fit(lambda epoch: (toy_batch("reverse", 64, min_len, max_len, n_symbols, data)
-                               for _ in range(steps)), epochs=1)
-    test = toy_batch("reverse", 300, min_len, max_len, n_symbols, torch.Generator().manual_seed(999))
-    return exact_match(model, test)
-
-
-def test_gru_seq2seq_learns_to_reverse():
+def test_gru_seq2seq_learns_to_reverse(train_on_reverse):
     started = time.perf_counter()
     accuracy = train_on_reverse(GRUSeq2Seq, steps=600, min_len=2, max_len=6, d_hidden=128)
     assert accuracy >= 0.9, f"exact match {accuracy:.1%}"
