@@ -2,7 +2,7 @@
 
 Run by hand (not in CI), for example::
 
-    python benchmarks/attention_speed.py
+    python benchmarks/attention_speed.py --threads 1 --runs 3
     python benchmarks/attention_speed.py --lengths 64 256 1024 --batch 16 --device cuda
 
 Both modules hold the same weights (``load_from_torch``) and run self-attention on the same input
@@ -11,6 +11,10 @@ with a padding mask (or none, ``--no-mask``), in training mode, dropout 0; PyTor
 the three contenders taking turns call by call (round robin), so that a busy spell of the machine
 slows all three alike and the ratios compare like with like. Ratio = PyTorch's time /
 ours: above 1 means ours is faster.
+
+A single median still moves from run to run (by 15% on a shared machine), so ``--runs N`` repeats
+the whole measurement N times and reports the spread: each cell is "lowest-highest" of the N
+medians (times) or of the N per-run ratios.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole measurement; cells show the min-max of the medians")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-mask", action="store_true", help="attend everywhere, no padding")
@@ -86,32 +92,48 @@ def main() -> None:
     print(f"device: {device_name(device)} ({device.type})")
     print(f"torch {torch.__version__}, float32, batch {args.batch}, d_model {args.d_model}, "
           f"{args.heads} heads, {masking}, "
-          f"forward + backward, median of {args.repeats} runs each, taken in turns")
+          f"forward + backward, median of {args.repeats} calls each, taken in turns; "
+          f"{args.runs} run(s), cells = min-max over runs")
     print(f"date: {datetime.date.today().isoformat()}")
     header = ("T", "torch ms", "fast ms", "teaching ms", "torch/fast", "torch/teaching")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for length in args.lengths:
-        x = torch.randn(args.batch, length, args.d_model, device=device, requires_grad=True)
-        lengths = torch.full((args.batch,), length, device=device)
-        lengths[::2] = max(1, length * 3 // 4)
-        real = torch.arange(length, device=device)[None, :] < lengths[:, None]  # (B, T)
-        real = None if args.no_mask else real
-        contenders = {
-            "torch": step(theirs, x, real, ours=False),
-            "fast": step(fast, x, real, ours=True),
-            "teaching": step(teaching, x, real, ours=True),
-        }
-        for fn in contenders.values():  # warm-up: allocation, kernel selection
-            measure(fn, device, repeats=2, warmup=1)
-        samples = {name: [] for name in contenders}
-        for _ in range(args.repeats):  # round robin, so a busy spell of the machine hits all three
-            for name, fn in contenders.items():
-                samples[name].append(measure(fn, device, repeats=1, warmup=0).median)
-        ms = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
-        print(f"| {length} | {ms['torch']:.2f} | {ms['fast']:.2f} | {ms['teaching']:.2f} | "
-              f"{ms['torch'] / ms['fast']:.2f}x | {ms['torch'] / ms['teaching']:.2f}x |")
+    medians = {length: [] for length in args.lengths}  # per length: one dict of medians per run
+    for _ in range(args.runs):
+        for length in args.lengths:
+            medians[length].append(measure_length(args, device, length, theirs, fast, teaching))
+    for length, runs in medians.items():
+        cells = [spread([run[name] * 1e3 for run in runs], "{:.2f}") for name in ("torch", "fast", "teaching")]
+        for name in ("fast", "teaching"):
+            cells.append(spread([run["torch"] / run[name] for run in runs], "{:.2f}x"))
+        print(f"| {length} | " + " | ".join(cells) + " |")
 
+
+def spread(values, fmt: str) -> str:
+    """``"a"`` for one value, ``"lowest-highest"`` for several."""
+    low, high = min(values), max(values)
+    return fmt.format(low) if len(values) == 1 else f"{fmt.format(low)}-{fmt.format(high)}"
+
+
+def measure_length(args, device, length, theirs, fast, teaching) -> dict[str, float]:
+    """Median seconds per forward + backward for the three contenders at one sequence length."""
+    x = torch.randn(args.batch, length, args.d_model, device=device, requires_grad=True)
+    lengths = torch.full((args.batch,), length, device=device)
+    lengths[::2] = max(1, length * 3 // 4)
+    real = torch.arange(length, device=device)[None, :] < lengths[:, None]  # (B, T)
+    real = None if args.no_mask else real
+    contenders = {
+        "torch": step(theirs, x, real, ours=False),
+        "fast": step(fast, x, real, ours=True),
+        "teaching": step(teaching, x, real, ours=True),
+    }
+    for fn in contenders.values():  # warm-up: allocation, kernel selection
+        measure(fn, device, repeats=2, warmup=1)
+    samples = {name: [] for name in contenders}
+    for _ in range(args.repeats):  # round robin, so a busy spell of the machine hits all three
+        for name, fn in contenders.items():
+            samples[name].append(measure(fn, device, repeats=1, warmup=0).median)
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 if __name__ == "__main__":
     main()

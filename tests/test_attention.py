@@ -77,7 +77,7 @@ def test_paths_agree_on_gradients():
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_fully_masked_rows_give_zeros_and_no_nan(fast):
-    q = torch.randn(2, 3, 4, 8, dtype=torch.float64)
+    q = torch.randn(2, 3, 4, 8, dtype=torch.float64, requires_grad=True)
     k = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(2, 1, 4, 5, dtype=torch.bool)
@@ -93,8 +93,30 @@ def test_fully_masked_rows_give_zeros_and_no_nan(fast):
     expected = F.scaled_dot_product_attention(q[0, :, [0, 2, 3]], k[0], v[0])
     assert torch.allclose(out[0, :, [0, 2, 3]], expected)
     out.sum().backward()
-    assert torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
-    assert (k.grad[1] == 0).all()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert (k.grad[1] == 0).all() and (v.grad[1] == 0).all()
+    assert (q.grad[0, :, 1] == 0).all() and (q.grad[1] == 0).all()  # nothing flows from no key
+    assert (q.grad[0, :, 0] != 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fully_masked_rows_paths_agree_with_gradients(dtype):
+    """Outputs and q, k, v gradients of both paths, with rows that have no key at all."""
+    generator = torch.Generator().manual_seed(4)
+    q, k, v, mask = random_case(generator, dtype)
+    mask[0, 0, 0] = False  # a row with no key
+    mask[-1, -1, -1] = False
+    results = []
+    for fast in (False, True):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, _ = scaled_dot_product_attention(*inputs, mask, fast=fast)
+        (out * torch.arange(out.numel(), dtype=dtype).view_as(out).cos()).sum().backward()
+        assert torch.isfinite(out).all()
+        results.append([out.detach()] + [t.grad for t in inputs])
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for slow, fast in zip(*results, strict=True):
+        assert torch.isfinite(slow).all() and torch.isfinite(fast).all()
+        assert relative_error(fast, slow) <= tol
 
 
 def test_causal_mask():
@@ -159,10 +181,18 @@ def test_shape_mismatches_are_explained(q_shape, k_shape, v_shape, match):
 @pytest.mark.parametrize("fast", [False, True])
 def test_bad_masks_are_explained(fast):
     q, k, v = torch.randn(2, 5, 8), torch.randn(2, 6, 8), torch.randn(2, 6, 3)
-    with pytest.raises(ValueError, match=r"dimension 2 \(T_k \(keys\)\) is 5, expected 6 or 1"):
+    with pytest.raises(ValueError, match=r"\(batch, T_q, T_k\): its dimension 2 \(T_k: keys\) is 5, "
+                                         r"expected 6 or 1"):
         scaled_dot_product_attention(q, k, v, torch.ones(2, 5, 5, dtype=torch.bool), fast=fast)
-    with pytest.raises(ValueError, match=r"dimension 0 \(T_q \(queries\)\) is 6, expected 5 or 1"):
+    with pytest.raises(ValueError, match=r"dimension 0 \(T_q: queries\) is 6, expected 5 or 1"):
         scaled_dot_product_attention(q, k, v, torch.ones(6, 6, dtype=torch.bool), fast=fast)
+    with pytest.raises(ValueError, match=r"dimension 0 \(batch\) is 3, expected 2 or 1"):
+        scaled_dot_product_attention(q, k, v, torch.ones(3, 1, 6, dtype=torch.bool), fast=fast)
+    q4, k4, v4 = (t.unsqueeze(1).expand(2, 4, *t.shape[1:]) for t in (q, k, v))
+    with pytest.raises(ValueError, match=r"dimension 1 \(heads\) is 3, expected 4 or 1"):
+        scaled_dot_product_attention(q4, k4, v4, torch.ones(2, 3, 1, 6, dtype=torch.bool), fast=fast)
+    with pytest.raises(ValueError, match="is_causal=True needs T_q <= T_k"):
+        scaled_dot_product_attention(k, q, k[..., :5, :], is_causal=True, fast=fast)
     with pytest.raises(ValueError, match="mask has 4 dimensions"):
         scaled_dot_product_attention(q, k, v, torch.ones(2, 1, 1, 6, dtype=torch.bool), fast=fast)
     with pytest.raises(TypeError, match="mask must be a boolean tensor.*float32"):
@@ -216,3 +246,139 @@ def test_check_lets_not_implemented_through():
 
     with pytest.raises(NotImplementedError):
         check_attention(attention)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_3d_mask_on_4d_inputs_must_say_where_the_heads_go(fast):
+    """(B, T_q, T_k) would broadcast against (heads, T_q, T_k): refused, with the fix."""
+    q = torch.randn(3, 3, 4, 8, dtype=torch.float64)  # B = heads = 3: shapes alone cannot tell
+    per_sentence = torch.ones(3, 4, 4, dtype=torch.bool)
+    per_sentence[0, :, 2:] = False  # sentence 0 may only see keys 0 and 1
+    with pytest.raises(ValueError, match=r"ambiguous.*mask.unsqueeze\(1\)"):
+        scaled_dot_product_attention(q, q, q, per_sentence, fast=fast)
+    out, _ = scaled_dot_product_attention(q, q, q, per_sentence.unsqueeze(1), fast=fast)
+    expected, _ = scaled_dot_product_attention(q[0], q[0, :, :2], q[0, :, :2], fast=fast)
+    assert torch.allclose(out[0], expected)  # every head of sentence 0 sees keys 0 and 1 only
+    # A 3-D mask whose first dimension is 1 is not ambiguous.
+    causal3 = causal_mask(4)[None]
+    out, _ = scaled_dot_product_attention(q, q, q, causal3, fast=fast)
+    assert torch.allclose(out, scaled_dot_product_attention(q, q, q, causal_mask(4), fast=fast)[0])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("t_q, t_k", [(5, 5), (2, 6), (1, 4)])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_is_causal_equals_the_explicit_causal_mask(fast, t_q, t_k, with_mask):
+    """Including T_q < T_k, where PyTorch's own is_causal would line up top-left, not ours."""
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, t_q, 8, generator=generator, dtype=torch.float64)
+    k = torch.randn(2, 3, t_k, 8, generator=generator, dtype=torch.float64)
+    v = torch.randn(2, 3, t_k, 4, generator=generator, dtype=torch.float64)
+    mask = padding_mask(torch.arange(t_k)[None, :] < torch.tensor([t_k, t_k - 1])[:, None]) \
+        if with_mask else None
+    explicit = causal_mask(t_q, t_k) if mask is None else mask & causal_mask(t_q, t_k)
+    expected, _ = scaled_dot_product_attention(q, k, v, explicit)
+    out, _ = scaled_dot_product_attention(q, k, v, mask, fast=fast, is_causal=True)
+    assert relative_error(out, expected) <= 1e-10
+
+
+def test_teaching_path_dropout():
+    """Dropout acts on the weights whenever dropout_p > 0; the weights returned are before it."""
+    q, k, v, mask = random_case(torch.Generator().manual_seed(6))
+    torch.manual_seed(0)
+    out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=0.5)
+    torch.manual_seed(0)
+    expected = torch.nn.functional.dropout(weights, p=0.5) @ v
+    assert torch.equal(out, expected)
+    assert torch.allclose(weights.sum(-1), torch.ones((), dtype=weights.dtype))
+    plain, _ = scaled_dot_product_attention(q, k, v, mask)
+    assert not torch.allclose(out, plain)
+    again, _ = scaled_dot_product_attention(q, k, v, mask, dropout_p=0.5)
+    assert not torch.equal(out, again)  # no training flag here: pass dropout_p=0.0 to evaluate
+    for fast in (False, True):
+        a, _ = scaled_dot_product_attention(q, k, v, mask, fast=fast, dropout_p=0.0)
+        b, _ = scaled_dot_product_attention(q, k, v, mask, fast=fast, dropout_p=0.0)
+        assert torch.equal(a, b)
+
+
+def test_check_does_not_mistake_sqrt_t_k_for_d_k():
+    """Dividing by sqrt(T_k) is named as such, and never passes on coinciding sizes."""
+    def sqrt_t_k(queries, keys, values, mask=None):
+        scores = queries @ keys.transpose(-2, -1) / math.sqrt(keys.shape[-2])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1)
+        return weights @ values, weights
+
+    with pytest.raises(CheckFailed) as failure:
+        check_attention(sqrt_t_k, quiet=True)
+    message = str(failure.value)
+    assert "trial 1 of" in message
+    assert ATTENTION_MISTAKES["scaled by d_k"].advice not in message
+    assert ATTENTION_MISTAKES["scaled by sqrt(T_k)"].advice in message
+
+
+def test_check_inputs_never_have_coinciding_sizes():
+    counter = [0]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        inputs = attention_inputs(generator, counter)
+        t_q, d_k = inputs["queries"].shape[-2:]
+        t_k, d_v = inputs["values"].shape[-2:]
+        sizes = [t_q, t_k, d_k, d_v]
+        assert len(set(sizes)) == 4 and not any(a * a == b for a in sizes for b in sizes)
+
+
+def test_check_names_a_mistake_only_if_it_matches_twice():
+    """An answer that equals a known mistake on one input only gets no 'Likely cause'."""
+    def sometimes_unscaled(queries, keys, values, mask=None):
+        scale = 1.0 if queries.dim() == 3 else math.sqrt(queries.shape[-1]) * 3
+        scores = queries @ keys.transpose(-2, -1) / scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1)
+        return weights @ values, weights
+
+    with pytest.raises(CheckFailed) as failure:
+        check_attention(sometimes_unscaled, quiet=True)
+    assert "Likely cause" not in str(failure.value)
+    assert "the scores differ" in str(failure.value)  # the property hint still says which family
+
+
+def test_property_hint_for_scaling_after_the_softmax():
+    def scaled_after(queries, keys, values, mask=None):
+        scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1) / math.sqrt(keys.shape[-2])  # not one of the known mistakes
+        return weights @ values, weights
+
+    with pytest.raises(CheckFailed) as failure:
+        check_attention(scaled_after, quiet=True)
+    message = str(failure.value)
+    assert "Likely cause" not in message
+    assert "Hint: every row of your weights sums to" in message
+
+
+def test_property_hint_for_weight_on_masked_keys():
+    def half_masked(queries, keys, values, mask=None):
+        scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -2.0)  # not -inf: masked keys keep some weight
+        weights = scores.softmax(-1)
+        return weights @ values, weights
+
+    with pytest.raises(CheckFailed, match="your weights are not 0 at masked keys"):
+        check_attention(half_masked, quiet=True)
+
+
+def test_check_compares_the_output_with_torch(monkeypatch):
+    """The reference output is PyTorch's own F.scaled_dot_product_attention."""
+    import transformer_lesson.checks.attention as checks
+
+    def shifted(*args, **kwargs):
+        return F.scaled_dot_product_attention(*args, **kwargs) + 1.0
+
+    monkeypatch.setattr(checks, "torch_sdpa", shifted)
+    with pytest.raises(CheckFailed, match=r"attention\(...\)\[0\] has the right shape"):
+        check_attention(lambda q, k, v, m=None: scaled_dot_product_attention(q, k, v, m), quiet=True)

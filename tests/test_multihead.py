@@ -161,7 +161,7 @@ def test_bad_input_is_explained():
         mha(torch.zeros(2, 5, 8), torch.zeros(2, 4, 8), torch.zeros(2, 3, 8))
     with pytest.raises(ValueError, match="Batch sizes"):
         mha(torch.zeros(2, 5, 8), torch.zeros(3, 4, 8))
-    with pytest.raises(ValueError, match=r"T_k \(keys\)\) is 4, expected 5 or 1"):
+    with pytest.raises(ValueError, match=r"\(T_k: keys\) is 4, expected 5 or 1"):
         mha(torch.zeros(2, 5, 8), mask=torch.ones(2, 1, 1, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="boolean"):
         mha(torch.zeros(2, 5, 8), mask=torch.ones(5, 5))
@@ -169,13 +169,33 @@ def test_bad_input_is_explained():
         MultiHeadAttention.load_from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
 
 
-def test_dropout_only_in_training():
-    mha = MultiHeadAttention(8, 2, dropout=0.5)
+@pytest.mark.parametrize("fast", [False, True])
+def test_dropout_only_in_training(fast):
+    mha = MultiHeadAttention(8, 2, dropout=0.5, fast=fast)
     x = torch.randn(2, 6, 8)
     mha.train()
     assert not torch.equal(mha(x)[0], mha(x)[0])
     mha.eval()
     assert torch.equal(mha(x)[0], mha(x)[0])
+
+
+def test_need_weights_in_training_with_dropout():
+    """need_weights=True in training: the teaching path drops weights; the weights returned are
+    the ones before dropout, a distribution over the allowed keys."""
+    torch.manual_seed(3)
+    mha = MultiHeadAttention(8, 2, dropout=0.5).double().train()
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    real = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    torch.manual_seed(0)
+    out, weights = mha(x, mask=padding_mask(real), need_weights=True)
+    assert torch.allclose(weights.sum(-1), torch.ones((), dtype=torch.float64))
+    assert (weights[1, :, :, 4:] == 0).all()
+    _, _, values = (split_heads(t, 2) for t in mha.in_proj(x).chunk(3, dim=-1))
+    torch.manual_seed(0)  # the same dropout draw, by hand
+    dropped = torch.nn.functional.dropout(weights, p=0.5)
+    assert torch.allclose(out, mha.out_proj(merge_heads(dropped @ values)))
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in mha.parameters())
 
 
 def test_checks_accept_right_answers(capsys):
@@ -250,3 +270,97 @@ def test_checks_let_not_implemented_through():
         check_split_heads(stub)
     with pytest.raises(NotImplementedError):
         check_merge_heads(stub)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_mask_shapes_per_sentence_and_per_head(fast):
+    """(T_q, T_k), (B, T_q, T_k) and (B, 1 | h, T_q, T_k) masks; a 3-D mask is per sentence."""
+    torch.manual_seed(4)
+    mha = MultiHeadAttention(12, 3, fast=fast).double().eval()
+    x = torch.randn(3, 4, 12, dtype=torch.float64)  # batch 3 = heads 3: shapes cannot tell
+    per_sentence = torch.ones(3, 4, 4, dtype=torch.bool)
+    per_sentence[0, :, 2:] = False  # sentence 0 may only see keys 0 and 1
+    out, _ = mha(x, mask=per_sentence)
+    assert torch.allclose(out, mha(x, mask=per_sentence.unsqueeze(1))[0])
+    assert torch.allclose(out[0], mha(x[:1], x[:1, :2])[0][0])  # only keys 0 and 1 mattered
+    _, weights = mha(x, mask=per_sentence, need_weights=True)
+    assert (weights[0, :, :, 2:] == 0).all() and (weights[1:, :, :, 2:] > 0).all()
+    per_head = per_sentence[:, None].expand(3, 3, 4, 4)
+    assert torch.allclose(mha(x, mask=per_head)[0], out)
+    assert torch.allclose(mha(x, mask=causal_mask(4))[0], mha(x, mask=causal_mask(4)[None])[0])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_is_causal_equals_a_causal_mask(fast):
+    torch.manual_seed(5)
+    mha = MultiHeadAttention(16, 4, fast=fast).double().eval()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    real = torch.arange(7)[None, :] < torch.tensor([7, 5])[:, None]
+    assert rel_err(mha(x, is_causal=True)[0], mha(x, mask=causal_mask(7))[0]) <= 1e-10
+    both = padding_mask(real) & causal_mask(7)
+    assert rel_err(mha(x, mask=padding_mask(real), is_causal=True)[0], mha(x, mask=both)[0]) <= 1e-10
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("use_is_causal", [False, True])
+def test_incremental_decoding_with_a_key_value_cache_equals_full_attention(fast, use_is_causal):
+    """Project the new tokens' keys and values only, append them to the cache (dimension 2) and
+    let the new queries attend over everything so far: the same as causal self-attention."""
+    torch.manual_seed(6)
+    mha = MultiHeadAttention(16, 4, fast=fast).double().eval()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    full, _ = mha(x, mask=causal_mask(9))
+    cached_keys = cached_values = None
+    outputs, start = [], 0
+    for n_new in (1, 1, 3, 1, 2, 1):  # one token at a time, and a few chunks
+        new = x[:, start : start + n_new]
+        keys, values = mha.project_keys_values(new)  # (B, h, n_new, d_head) each
+        assert keys.shape == (2, 4, n_new, 4)
+        if cached_keys is not None:
+            keys = torch.cat([cached_keys, keys], dim=2)
+            values = torch.cat([cached_values, values], dim=2)
+        cached_keys, cached_values = keys, values
+        n_total = keys.shape[2]
+        if use_is_causal:
+            out, _ = mha.attend(new, keys, values, is_causal=True)
+        else:
+            out, _ = mha.attend(new, keys, values, mask=causal_mask(n_new, n_total))
+        outputs.append(out)
+        start += n_new
+    assert start == 9
+    assert rel_err(torch.cat(outputs, dim=1), full) <= 1e-10
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_cross_attention_with_keys_and_values_projected_once(fast):
+    torch.manual_seed(7)
+    mha = MultiHeadAttention(16, 4, fast=fast).double().eval()
+    memory = torch.randn(2, 6, 16, dtype=torch.float64)
+    other = torch.randn(2, 6, 16, dtype=torch.float64)
+    real = torch.arange(6)[None, :] < torch.tensor([6, 3])[:, None]
+    keys, values = mha.project_keys_values(memory)
+    for step in range(3):  # a decoder reads the same memory at every step
+        queries = torch.randn(2, step + 1, 16, dtype=torch.float64)
+        out, _ = mha.attend(queries, keys, values, mask=padding_mask(real))
+        expected, _ = mha(queries, memory, memory, mask=padding_mask(real))
+        assert rel_err(out, expected) <= 1e-10
+    keys, values = mha.project_keys_values(memory, other)  # separate keys and values inputs
+    queries = torch.randn(2, 3, 16, dtype=torch.float64)
+    assert rel_err(mha.attend(queries, keys, values)[0], mha(queries, memory, other)[0]) <= 1e-10
+    with pytest.raises(ValueError, match=r"keys has shape \(2, 6, 16\).*project_keys_values"):
+        mha.attend(queries, memory, memory)
+    # Self-attention too: forward = attend(x, *project_keys_values(x)), one fused product or not.
+    assert rel_err(mha.attend(memory, *mha.project_keys_values(memory), is_causal=True)[0],
+                   mha(memory, is_causal=True)[0]) <= 1e-10
+
+
+def test_load_from_torch_accepts_sequence_first_modules():
+    """The weights do not depend on batch_first; the copy is batch-first, dropout copied."""
+    torch.manual_seed(8)
+    theirs = nn.MultiheadAttention(8, 2, dropout=0.1, dtype=torch.float64).eval()  # (T, B, d)
+    ours = MultiHeadAttention.load_from_torch(theirs).eval()
+    assert ours.dropout == 0.1
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    seq_first = x.transpose(0, 1)
+    expected = theirs(seq_first, seq_first, seq_first)[0].transpose(0, 1)
+    assert rel_err(ours(x)[0], expected) <= 1e-10

@@ -1,6 +1,7 @@
 """Positional encoding: order blindness without it, the sinusoidal table, its relative property."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_positions_break_the_equivariance(encoder):
     torch.manual_seed(0)
     mha = MultiHeadAttention(16, 4).double().eval()
     positions = (SinusoidalPositionalEncoding(16, max_len=32) if encoder == "sinusoidal"
-                 else LearnedPositionalEmbedding(32, 16)).double()
+                 else LearnedPositionalEmbedding(16, 32)).double()
     x = torch.randn(2, 9, 16, dtype=torch.float64)
     perm = torch.randperm(9)
     out, _ = mha(positions(x))
@@ -81,13 +82,14 @@ def test_modules_add_positions_and_respect_offset():
     assert torch.equal(module(x), sinusoidal_encoding(5, 8).expand(2, 5, 8))
     assert torch.equal(module(x[:, :1], offset=4)[0, 0], sinusoidal_encoding(10, 8)[4])
     assert list(module.state_dict()) == []  # the table is recomputed, not stored
-    learned = LearnedPositionalEmbedding(10, 8)
+    learned = LearnedPositionalEmbedding(8, 10)  # (d_model, max_len), like the sinusoidal one
+    assert learned.embedding.weight.shape == (10, 8)
     assert torch.equal(learned(x), learned.embedding.weight[:5].expand(2, 5, 8))
     assert sum(p.numel() for p in learned.parameters()) == 80
 
 
 @pytest.mark.parametrize("module", [SinusoidalPositionalEncoding(8, max_len=6),
-                                    LearnedPositionalEmbedding(6, 8)])
+                                    LearnedPositionalEmbedding(8, 6)])
 def test_too_long_or_wrong_shape_is_explained(module):
     with pytest.raises(ValueError, match=r"positions 0 .. 5 \(max_len=6\).*0 .. 6"):
         module(torch.zeros(1, 7, 8))
@@ -120,3 +122,66 @@ def test_check_names_each_mistake(name):
     with pytest.raises(CheckFailed) as failure:
         check_sinusoidal_encoding(mistake.implementation, quiet=True)
     assert f"Likely cause: {mistake.advice}" in str(failure.value)
+
+
+def test_both_modules_take_d_model_then_max_len():
+    for cls in (SinusoidalPositionalEncoding, LearnedPositionalEmbedding):
+        module = cls(12, 7)
+        assert (module.d_model, module.max_len) == (12, 7)
+        assert module(torch.zeros(1, 7, 12)).shape == (1, 7, 12)
+
+
+def _reference_table(max_len, d_model):
+    """The table in Python floats (float64), one element at a time."""
+    return torch.tensor([[math.sin(p * 10000.0 ** (-(j - j % 2) / d_model)) if j % 2 == 0
+                          else math.cos(p * 10000.0 ** (-(j - j % 2) / d_model))
+                          for j in range(d_model)] for p in range(max_len)], dtype=torch.float64)
+
+
+def test_sinusoidal_module_is_exact_in_float64():
+    """A float64 model gets the float64 table, not a float32 one widened."""
+    reference = _reference_table(64, 16)
+    module = SinusoidalPositionalEncoding(16, max_len=64).double().eval()
+    out = module(torch.zeros(2, 64, 16, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    assert (out - reference).abs().max().item() <= 1e-12
+    assert (module(torch.zeros(1, 4, 16, dtype=torch.float64), offset=60)[0] - reference[60:]).abs().max() <= 1e-12
+    module.float()  # back and forth: nothing was rounded on the way
+    assert module(torch.zeros(1, 64, 16)).dtype == torch.float32
+    module.double()
+    assert (module(torch.zeros(1, 64, 16, dtype=torch.float64))[0] - reference).abs().max() <= 1e-12
+    # float32 input: the correctly rounded table.
+    assert torch.equal(module(torch.zeros(1, 64, 16))[0], reference.float())
+    assert (sinusoidal_encoding(64, 16, dtype=torch.float64) - reference).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "name, frequency, expected",
+    [
+        ("4i exponent", lambda d: 10000 ** (-2 * torch.arange(0, d, 2) / d), "exponent 4i"),
+        ("base 1000", lambda d: 1000 ** (-torch.arange(0, d, 2) / d), "base 1000"),
+        ("d - 1", lambda d: 10000 ** (-torch.arange(0, d, 2) / (d - 1)), "divided by d_model - 1"),
+        ("degrees", lambda d: 10000 ** (-torch.arange(0, d, 2) / d) * 180 / math.pi, None),
+    ],
+)
+def test_check_says_where_and_compares_the_frequency(name, frequency, expected):
+    """Wrong frequencies: position, feature and pair, and the pair's frequency against omega_i."""
+    def table(max_len, d_model):
+        angle = torch.arange(max_len, dtype=torch.float32)[:, None] * frequency(d_model)
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(angle), torch.cos(angle)
+        return pe
+
+    with pytest.raises(CheckFailed) as failure:
+        check_sinusoidal_encoding(table, quiet=True)
+    message = str(failure.value)
+    assert re.search(r"at position \d+, feature \d+ \(pair \d+, its (sin|cos)\)", message)
+    match = re.search(r"Your frequency for pair (\d+) is ([\d.e-]+) rad per position, expected "
+                      r"omega_\1 = 10000\^\(-2\*\1/(\d+)\) = ([\d.e-]+)", message)
+    assert match, message
+    pair, d_model = int(match.group(1)), int(match.group(3))
+    assert float(match.group(4)) == pytest.approx(10000 ** (-2 * pair / d_model), rel=1e-5)
+    if expected is not None:
+        assert f"Likely cause: {SINUSOIDAL_MISTAKES[expected].advice}" in message
+    else:
+        assert "180/pi times larger" in message

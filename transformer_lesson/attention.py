@@ -10,10 +10,15 @@ Dividing by sqrt(d_k) keeps the scores' variance near 1 whatever d_k is; without
 pushes the softmax into saturation (one weight near 1, the rest near 0, tiny gradients).
 
 Masks follow the course convention: a boolean tensor, **True where a key may be attended** and
-False where it may not (padding, or the future in a decoder). It broadcasts to
-(..., T_q, T_k): a causal mask is (T_q, T_k), a padding mask built by :func:`padding_mask` is
-(B, 1, 1, T_k). A query whose every key is masked has nothing to average: by definition its output
-is zeros and its weights are zeros (softmax alone would give 0/0 = NaN).
+False where it may not (padding, or the future in a decoder). (``torch.nn.MultiheadAttention`` and
+``nn.Transformer`` use the opposite polarity for their boolean masks: True = blocked.) A mask
+broadcasts to (..., T_q, T_k): a causal mask is (T_q, T_k), a padding mask built by
+:func:`padding_mask` is (B, 1, 1, T_k) for inputs with a heads dimension. A 3-D mask on inputs
+with 4 or more dimensions is refused unless its first dimension is 1: (B, T_q, T_k) would be lined
+up with (heads, T_q, T_k), not with the batch; write ``mask.unsqueeze(1)``.
+``is_causal=True`` adds a causal mask (combined with ``mask`` by AND).
+A query whose every key is masked has nothing to average: by definition its output is zeros and
+its weights are zeros (softmax alone would give 0/0 = NaN).
 
 One interface, two paths, chosen by ``fast``:
 
@@ -22,6 +27,10 @@ One interface, two paths, chosen by ``fast``:
   (its fastest kernels never store the (T_q, T_k) weights). Returns ``None`` for the weights.
 
 Both are tested to agree (float64: 1e-10 relative, float32: 1e-5).
+
+``dropout_p`` is applied whenever it is above 0, like ``F.scaled_dot_product_attention``'s: this
+function does not know whether the model is training, so pass 0.0 at evaluation time
+(:class:`~transformer_lesson.multihead.MultiHeadAttention` does that for you in ``eval()`` mode).
 """
 
 from __future__ import annotations
@@ -36,17 +45,27 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _dim_names(n_dims: int) -> list[str]:
+    """Names for the dimensions of a (..., T_q, T_k) score tensor with ``n_dims`` dimensions."""
+    lead = {2: [], 3: ["batch"], 4: ["batch", "heads"]}.get(n_dims)
+    if lead is None:
+        lead = [f"leading {i}" for i in range(n_dims - 4)] + ["batch", "heads"]
+    return [*lead, "T_q: queries", "T_k: keys"]
+
+
 def check_attention_inputs(
     queries: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     mask: torch.Tensor | None = None,
+    is_causal: bool = False,
 ) -> None:
     """Raise ValueError/TypeError naming the wrong dimension when shapes or dtypes do not fit.
 
     Expected: queries (..., T_q, d_k), keys (..., T_k, d_k), values (..., T_k, d_v) with the same
     leading (batch, head) dimensions and one floating dtype; ``mask`` boolean and broadcastable to
-    (..., T_q, T_k).
+    (..., T_q, T_k); with 4-D (batch, heads, ...) inputs a 3-D mask must be (1, T_q, T_k).
+    ``is_causal`` needs T_q <= T_k (the queries are the last T_q positions).
     """
     for name, t in (("queries", queries), ("keys", keys), ("values", values)):
         if not isinstance(t, torch.Tensor):
@@ -80,28 +99,43 @@ def check_attention_inputs(
             f"The leading (batch, head) dimensions must be equal: queries {_shape(queries)}, keys "
             f"{_shape(keys)}, values {_shape(values)}."
         )
+    if is_causal and queries.shape[-2] > keys.shape[-2]:
+        raise ValueError(
+            f"is_causal=True needs T_q <= T_k: the {queries.shape[-2]} queries are taken to be the "
+            f"last positions of the {keys.shape[-2]} keys."
+        )
     if mask is None:
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise TypeError(
             f"mask must be a boolean tensor (True = may attend), got {got}. An additive mask of "
-            f"0 / -inf converts with `mask == 0`."
+            f"0 / -inf converts with `mask == 0`; a mask from nn.MultiheadAttention / "
+            f"nn.Transformer (True = blocked) with `~mask`."
         )
     target = (*queries.shape[:-1], keys.shape[-2])
-    names = ["dim"] * (len(target) - 2) + ["T_q (queries)", "T_k (keys)"]
+    names = _dim_names(len(target))
+    layout = "(" + ", ".join(n.split(":")[0] for n in names) + ")"
     if mask.dim() > len(target):
         raise ValueError(
             f"mask has {mask.dim()} dimensions, shape {_shape(mask)}, but must broadcast to "
-            f"{tuple(target)} (..., T_q, T_k), which has {len(target)}."
+            f"{tuple(target)} {layout}, which has {len(target)}."
+        )
+    if len(target) >= 4 and mask.dim() == 3 and mask.shape[0] != 1:
+        raise ValueError(
+            f"mask of shape {_shape(mask)} is ambiguous for inputs of shape {tuple(target)} "
+            f"{layout}: broadcasting lines a 3-D mask up with the last three dimensions, so its "
+            f"first dimension would count as heads, not as the batch. For one mask per sentence "
+            f"(batch, T_q, T_k) use `mask.unsqueeze(1)` (batch, 1, T_q, T_k); for one mask per "
+            f"head shared by the batch use `mask.unsqueeze(0)`."
         )
     for offset in range(1, mask.dim() + 1):
         size, want = mask.shape[-offset], target[-offset]
         if size not in (1, want):
             raise ValueError(
-                f"mask of shape {_shape(mask)} does not broadcast to {tuple(target)} "
-                f"(..., T_q, T_k): its dimension {mask.dim() - offset} ({names[-offset]}) is "
-                f"{size}, expected {want} or 1."
+                f"mask of shape {_shape(mask)} does not broadcast to {tuple(target)} {layout}: its "
+                f"dimension {mask.dim() - offset} ({names[-offset]}) is {size}, expected {want} "
+                f"or 1."
             )
 
 
@@ -112,31 +146,64 @@ def scaled_dot_product_attention(
     mask: torch.Tensor | None = None,
     fast: bool = False,
     dropout_p: float = 0.0,
+    is_causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of every query over all keys.
 
     Shapes: queries (..., T_q, d_k), keys (..., T_k, d_k), values (..., T_k, d_v),
-    mask boolean broadcastable to (..., T_q, T_k), True = may attend.
+    mask boolean broadcastable to (..., T_q, T_k), True = may attend (a 3-D mask on 4-D inputs
+    must be (1, T_q, T_k): use ``mask.unsqueeze(1)`` for (B, T_q, T_k)).
+    ``is_causal=True`` also hides every key in a query's future, as ``causal_mask(T_q, T_k)``
+    does (the queries are the *last* T_q positions), combined with ``mask`` by AND.
     Returns ``(output, weights)``: output (..., T_q, d_v); weights (..., T_q, T_k) (before dropout)
     on the teaching path and ``None`` on the fast path, whose kernels do not return them.
     Fully masked query rows give zeros in both output and weights.
-    ``dropout_p`` drops attention weights (pass 0.0 at evaluation time).
+    ``dropout_p`` drops attention weights whenever it is above 0, training or not (this function
+    cannot tell): pass 0.0 at evaluation time.
     """
-    check_attention_inputs(queries, keys, values, mask)
+    check_attention_inputs(queries, keys, values, mask, is_causal)
+    t_q, t_k = queries.shape[-2], keys.shape[-2]
     if fast:
+        if is_causal and mask is None and t_q == t_k:
+            # SDPA's own is_causal lines the mask up top-left; with T_q == T_k that is ours.
+            output = F.scaled_dot_product_attention(
+                queries, keys, values, dropout_p=dropout_p, is_causal=True
+            )
+            return output, None
+        if is_causal:
+            mask = _with_causal(mask, t_q, t_k, queries.device)
         return _fast_attention(queries, keys, values, mask, dropout_p), None
 
+    if is_causal:
+        mask = _with_causal(mask, t_q, t_k, queries.device)
     d_k = queries.shape[-1]
     # Q K^T / sqrt(d_k), with the scale applied to Q: the same numbers, T_k times fewer divisions.
     scores = (queries / math.sqrt(d_k)) @ keys.transpose(-2, -1)  # (..., T_q, T_k)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))  # exp(-inf) = 0: no weight there
+        # The mask as an additive bias: 0 where a key may be attended, and the most negative
+        # finite number of the dtype, finfo.min, where it may not. Why finfo.min and not -inf:
+        # for a row with at least one allowed key the weights are the same (exp(min - max) is
+        # exactly 0), but a row with *no* allowed key becomes a finite, uniform softmax instead of
+        # 0/0 = NaN, so nothing is NaN forwards or backwards (such rows are zeroed below). Why not
+        # a constant like -1e9: it overflows to -inf in float16, while finfo.min fits every dtype.
+        # (In float16 a masked score below -16 still rounds to -inf; harmless unless a whole row
+        # is masked. Use the fast path for half precision.)
+        # Adding the bias in place is cheaper than masked_fill: no new (T_q, T_k) tensor, and the
+        # backward pass of an addition has nothing to compute.
+        bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+        scores += bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # mask-sized, cheap
     weights = torch.softmax(scores, dim=-1)  # normalise over the keys
     if mask is not None:
-        # A row with every key masked is softmax(-inf, ..., -inf) = 0/0 = NaN: zero it instead.
-        weights = weights.masked_fill(~mask, 0.0)
+        has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1), mask-sized: cheap
+        if not has_key.all():  # some row has no key: its uniform weights become zeros
+            weights = weights.masked_fill(~has_key, 0.0)
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return dropped @ values, weights  # (..., T_q, d_v), (..., T_q, T_k)
+
+
+def _with_causal(mask, n_queries, n_keys, device):
+    causal = causal_mask(n_queries, n_keys, device=device)
+    return causal if mask is None else mask & causal
 
 
 def _fast_attention(queries, keys, values, mask, dropout_p):
@@ -145,6 +212,7 @@ def _fast_attention(queries, keys, values, mask, dropout_p):
         return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
     # Kernels differ on rows with no allowed key (some return NaN). Let such rows attend to
     # everything, so that every intermediate (and gradient) is finite, then zero their output.
+    # (No `if has_key.all()` shortcut here: on a GPU that would wait for the device every call.)
     has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1)
     output = F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=mask | ~has_key, dropout_p=dropout_p
@@ -173,7 +241,8 @@ def padding_mask(real: torch.Tensor) -> torch.Tensor:
     """(B, S) boolean, True at real tokens -> (B, 1, 1, S), which broadcasts over heads and queries.
 
     Combine it with a causal mask by ``&``: ``padding_mask(real) & causal_mask(S)`` is
-    (B, 1, S, S).
+    (B, 1, S, S). For inputs without a heads dimension, (B, T, d), the padding mask is
+    (B, 1, S): ``padding_mask(real)[:, 0]``.
     """
     if not isinstance(real, torch.Tensor) or real.dtype != torch.bool or real.dim() != 2:
         is_tensor = isinstance(real, torch.Tensor)

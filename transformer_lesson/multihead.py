@@ -43,7 +43,12 @@ class MultiHeadAttention(nn.Module):
 
     ``fast`` picks the attention path (see :mod:`transformer_lesson.attention`); it is a plain
     attribute, so ``mha.fast = False`` switches an existing module. ``dropout`` drops attention
-    weights during training.
+    weights during training (``self.training``), never in ``eval()`` mode.
+
+    For decoding with a key/value cache the two halves of :meth:`forward` are public:
+    :meth:`project_keys_values` turns inputs into per-head keys and values once, and
+    :meth:`attend` lets new queries attend over them (concatenate cached and new keys/values
+    along dimension 2, the time dimension of (B, n_heads, T_k, d_head)).
     """
 
     def __init__(
@@ -69,17 +74,73 @@ class MultiHeadAttention(nn.Module):
         if queries_in is keys_in and keys_in is values_in:  # self-attention: one product
             return self.in_proj(queries_in).chunk(3, dim=-1)
         queries = self._rows_of_in_proj(queries_in, 0, d)
-        if keys_in is values_in:  # cross-attention over one memory: one product for both
-            keys, values = self._rows_of_in_proj(keys_in, d, 3 * d).chunk(2, dim=-1)
-        else:
-            keys = self._rows_of_in_proj(keys_in, d, 2 * d)
-            values = self._rows_of_in_proj(values_in, 2 * d, 3 * d)
+        keys, values = self._project_kv(keys_in, values_in)
         return queries, keys, values
+
+    def _project_kv(self, keys_in, values_in):
+        d = self.d_model
+        if keys_in is values_in:  # one memory for both: one product
+            return self._rows_of_in_proj(keys_in, d, 3 * d).chunk(2, dim=-1)
+        return self._rows_of_in_proj(keys_in, d, 2 * d), self._rows_of_in_proj(values_in, 2 * d, 3 * d)
 
     def _rows_of_in_proj(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
         """``x`` through rows first:last of ``in_proj`` (W_q is rows 0:d, W_k d:2d, W_v 2d:3d)."""
         bias = None if self.in_proj.bias is None else self.in_proj.bias[first:last]
         return F.linear(x, self.in_proj.weight[first:last], bias)
+
+    def project_keys_values(
+        self, keys_in: torch.Tensor, values_in: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys and values, each (B, n_heads, T_k, d_head), from (B, T_k, d_model) inputs.
+
+        ``values_in`` defaults to ``keys_in``. Compute them once for a memory that does not change
+        (cross-attention in a decoder), or one new position at a time for a self-attention cache.
+        """
+        values_in = keys_in if values_in is None else values_in
+        self._check_inputs(keys_in, keys_in, values_in)
+        keys, values = self._project_kv(keys_in, values_in)
+        return split_heads(keys, self.n_heads), split_heads(values, self.n_heads)
+
+    def attend(
+        self,
+        queries_in: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from ``queries_in`` (B, T_q, d_model) over projected ``keys`` and ``values``.
+
+        ``keys`` and ``values`` are (B, n_heads, T_k, d_head), as :meth:`project_keys_values`
+        returns them (possibly concatenated with cached ones along dimension 2). ``mask``,
+        ``need_weights`` and ``is_causal`` as in :meth:`forward`; with a cache, the new queries
+        are the last T_q positions, so ``causal_mask(T_q, T_k)`` or ``is_causal=True`` hides the
+        future correctly.
+        """
+        self._check_queries(queries_in)
+        expected = (queries_in.shape[0], self.n_heads, None, self.d_head)
+        for name, t in (("keys", keys), ("values", values)):
+            if t.dim() != 4 or any(e is not None and s != e for s, e in zip(t.shape, expected, strict=True)):
+                raise ValueError(
+                    f"{name} has shape {tuple(t.shape)}, but (batch={expected[0]}, "
+                    f"n_heads={self.n_heads}, T_k, d_head={self.d_head}) was expected: use "
+                    f"project_keys_values()."
+                )
+        queries = split_heads(self._rows_of_in_proj(queries_in, 0, self.d_model), self.n_heads)
+        return self._attend_heads(queries, keys, values, mask, need_weights, is_causal)
+
+    def _attend_heads(self, queries, keys, values, mask, need_weights, is_causal):
+        """Attention in every head, (B, nh, T, dh) each, then merge and output projection."""
+        if mask is not None and mask.dim() == 3:  # (B, T_q, T_k): one mask per sentence
+            mask = mask.unsqueeze(1)  # (B, 1, T_q, T_k), the same for every head
+        heads, weights = scaled_dot_product_attention(
+            queries, keys, values, mask,
+            fast=self.fast and not need_weights,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, nh, T_q, dh)
+        return self.out_proj(merge_heads(heads)), weights if need_weights else None
 
     def forward(
         self,
@@ -88,30 +149,38 @@ class MultiHeadAttention(nn.Module):
         values_in: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``queries_in`` (B, T_q, d_model) over ``keys_in``, ``values_in`` (B, T_k, d).
 
         ``keys_in`` defaults to ``queries_in`` and ``values_in`` to ``keys_in``, so ``mha(x)`` is
-        self-attention. ``mask`` is boolean, broadcastable to (B, n_heads, T_q, T_k): a
-        (T_q, T_k) causal mask, or (B, 1, 1, T_k) from
-        :func:`~transformer_lesson.attention.padding_mask`.
+        self-attention. ``mask`` is boolean, True = may attend, of shape (T_q, T_k) (the same for
+        every sentence, e.g. a causal mask), (B, T_q, T_k) (one per sentence; a heads dimension is
+        added) or (B, 1 or n_heads, T_q, T_k), e.g. (B, 1, 1, T_k) from
+        :func:`~transformer_lesson.attention.padding_mask`. ``is_causal=True`` also hides the future
+        (AND with ``mask``).
         Returns the output (B, T_q, d_model) and, if ``need_weights``, the per-head weights
         (B, n_heads, T_q, T_k), else None. Asking for weights uses the teaching path for this call,
         because PyTorch's fused kernels do not return them.
+
+        The same as ``attend(queries_in, *project_keys_values(keys_in, values_in), ...)``; for
+        self-attention the three projections are one matrix product.
         """
         keys_in = queries_in if keys_in is None else keys_in
         values_in = keys_in if values_in is None else values_in
         self._check_inputs(queries_in, keys_in, values_in)
-        queries, keys, values = self.project(queries_in, keys_in, values_in)
-        queries = split_heads(queries, self.n_heads)  # (B, nh, T_q, dh)
-        keys = split_heads(keys, self.n_heads)  # (B, nh, T_k, dh)
-        values = split_heads(values, self.n_heads)  # (B, nh, T_k, dh)
-        heads, weights = scaled_dot_product_attention(
-            queries, keys, values, mask,
-            fast=self.fast and not need_weights,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T_q, dh)
-        return self.out_proj(merge_heads(heads)), weights if need_weights else None
+        if not (queries_in is keys_in and keys_in is values_in):
+            keys, values = self.project_keys_values(keys_in, values_in)
+            return self.attend(queries_in, keys, values, mask, need_weights, is_causal)
+        queries, keys, values = (split_heads(t, self.n_heads) for t in self.project(queries_in, keys_in, values_in))
+        return self._attend_heads(queries, keys, values, mask, need_weights, is_causal)
+
+    def _check_queries(self, queries_in) -> None:
+        if queries_in.dim() != 3 or queries_in.shape[-1] != self.d_model:
+            raise ValueError(
+                f"queries_in has shape {tuple(queries_in.shape)}, but (batch, time, "
+                f"d_model={self.d_model}) was expected (batch first)."
+            )
 
     def _check_inputs(self, queries_in, keys_in, values_in) -> None:
         for name, x in (("queries_in", queries_in), ("keys_in", keys_in), ("values_in", values_in)):
@@ -135,8 +204,11 @@ class MultiHeadAttention(nn.Module):
     def load_from_torch(
         cls, torch_mha: nn.MultiheadAttention, fast: bool = True
     ) -> MultiHeadAttention:
-        """A copy of ``torch_mha``'s weights in this class (same device and dtype).
+        """A copy of ``torch_mha``'s weights in this class (same device, dtype and dropout).
 
+        ``torch_mha`` may be ``batch_first=True`` or ``False``: the weights do not depend on the
+        layout. The module returned is always batch-first, (B, T, d_model), so feed it
+        ``x.transpose(0, 1)`` where the PyTorch module took (T, B, d_model).
         Only the common configuration is supported: one embedding size for queries, keys and
         values, and no ``add_bias_kv`` / ``add_zero_attn``. Remember that PyTorch's boolean masks
         mean the opposite of ours for ``nn.MultiheadAttention`` (True = *not* allowed).

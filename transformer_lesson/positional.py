@@ -13,8 +13,9 @@ vector that depends on the position is added to each token's embedding.
 * :class:`LearnedPositionalEmbedding`: one trained vector per position, as in BERT and GPT. As good
   in practice, but it knows nothing about positions beyond ``max_len``.
 
-Both modules take embeddings (B, T, d_model) and return them with positions added. ``offset``
-says at which position the sequence starts (for decoding one token at a time with a cache).
+Both modules are built the same way, ``Module(d_model, max_len, dropout=0.0)``, take embeddings
+(B, T, d_model) and return them with positions added. ``offset`` says at which position the
+sequence starts (for decoding one token at a time with a cache).
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ from torch import nn
 
 
 def sinusoidal_encoding(
-    max_len: int, d_model: int, base: float = 10000.0, dtype: torch.dtype = torch.float32
+    max_len: int,
+    d_model: int,
+    base: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """(max_len, d_model) table: row p is the encoding of position p (computed in float64).
+    """(max_len, d_model) table: row p is the encoding of position p.
 
     Even features are sines and odd features cosines of ``pos * base^(-2i/d_model)``; an odd
-    d_model drops the last cosine.
+    d_model drops the last cosine. Computed in float64 on the CPU, then rounded once to ``dtype``
+    and moved to ``device``, so every dtype gets the correctly rounded table.
     """
     if max_len < 1 or d_model < 1:
         raise ValueError(f"max_len and d_model must be positive, got {max_len} and {d_model}.")
@@ -42,7 +48,7 @@ def sinusoidal_encoding(
     encoding = torch.zeros(max_len, d_model, dtype=torch.float64)
     encoding[:, 0::2] = torch.sin(angle)
     encoding[:, 1::2] = torch.cos(angle[:, : d_model // 2])
-    return encoding.to(dtype)
+    return encoding.to(dtype).to(device) if device is not None else encoding.to(dtype)
 
 
 def _check_length(x: torch.Tensor, offset: int, max_len: int, d_model: int, name: str) -> None:
@@ -60,25 +66,44 @@ def _check_length(x: torch.Tensor, offset: int, max_len: int, d_model: int, name
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """Adds the fixed sinusoidal table to embeddings, then dropout: (B, T, d) -> (B, T, d)."""
+    """Adds the fixed sinusoidal table to embeddings, then dropout: (B, T, d) -> (B, T, d).
+
+    The table is made for the dtype and device of each input (computed in float64, rounded once),
+    and kept for the next call: a float64 model gets the exact table, not a float32 one widened.
+    It is not a parameter or a buffer, so it is neither trained nor saved.
+    """
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.dropout = nn.Dropout(dropout)
-        # A buffer moves with .to(device) but is not trained; not saved, as it is recomputable.
-        self.register_buffer("encoding", sinusoidal_encoding(max_len, d_model), persistent=False)
+        self._tables: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def table(self, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+        """The (max_len, d_model) table in ``dtype`` on ``device`` (cached)."""
+        key = (dtype, torch.device(device))
+        if key not in self._tables:
+            self._tables[key] = sinusoidal_encoding(
+                self.max_len, self.d_model, dtype=dtype, device=device
+            )
+        return self._tables[key]
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         _check_length(x, offset, self.max_len, self.d_model, type(self).__name__)
-        positions = self.encoding[offset : offset + x.shape[1]]  # (T, d)
-        return self.dropout(x + positions.to(x.dtype))
+        positions = self.table(x.dtype, x.device)[offset : offset + x.shape[1]]  # (T, d)
+        return self.dropout(x + positions)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, max_len={self.max_len}"
 
 
 class LearnedPositionalEmbedding(nn.Module):
-    """Adds one trained vector per position, then dropout: (B, T, d) -> (B, T, d)."""
+    """Adds one trained vector per position, then dropout: (B, T, d) -> (B, T, d).
 
-    def __init__(self, max_len: int, d_model: int, dropout: float = 0.0):
+    Same argument order as :class:`SinusoidalPositionalEncoding`: ``(d_model, max_len)``.
+    """
+
+    def __init__(self, d_model: int, max_len: int, dropout: float = 0.0):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.embedding = nn.Embedding(max_len, d_model)
@@ -88,3 +113,6 @@ class LearnedPositionalEmbedding(nn.Module):
         _check_length(x, offset, self.max_len, self.d_model, type(self).__name__)
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
         return self.dropout(x + self.embedding(positions))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, max_len={self.max_len}"

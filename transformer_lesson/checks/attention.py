@@ -1,9 +1,17 @@
 """Checks for lesson 04: scaled dot-product attention with masks.
 
 The student writes ``attention(queries, keys, values, mask=None) -> (output, weights)``.
-:func:`check_attention` compares it with the package's teaching path on random inputs (3-D and
-4-D, with and without masks of several broadcast shapes) and recognises the usual mistakes
-listed in :data:`ATTENTION_MISTAKES`.
+:func:`check_attention` compares the output with PyTorch's own
+``torch.nn.functional.scaled_dot_product_attention`` and the weights with the package's teaching
+path, on random inputs (3-D and 4-D, with and without masks of several broadcast shapes). When
+an answer is wrong it names the usual mistakes listed in :data:`ATTENTION_MISTAKES`, but only if
+the answer matches the mistake on two different inputs, and it checks two properties that every
+right answer has (the weights sum to 1 over the keys; they are 0 at masked keys) to say which
+family of mistake it is when none is named.
+
+The random sizes T_q, T_k, d_k and d_v are all different and none is the square of another, so
+that two different mistakes cannot give the same numbers by coincidence (dividing by sqrt(T_k)
+looks exactly like dividing by d_k when T_k = d_k^2, and like the right answer when T_k = d_k).
 """
 
 from __future__ import annotations
@@ -13,30 +21,38 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.nn.functional import scaled_dot_product_attention as torch_sdpa
 
-from ..attention import scaled_dot_product_attention
+from ..attention import causal_mask, scaled_dot_product_attention
 from .core import CheckFailed, Mistake, check_against
 
 
 def _reference(queries, keys, values, mask=None):
-    return scaled_dot_product_attention(queries, keys, values, mask)
+    """Output from PyTorch's fused attention, weights from the package (PyTorch's has none)."""
+    _, weights = scaled_dot_product_attention(queries, keys, values, mask)
+    return torch_sdpa(queries, keys, values, attn_mask=mask), weights
 
 
-def _buggy(queries, keys, values, mask=None, *, scale=True, scale_by=None, softmax_dim=-1,
-           mask_after=False, invert=False, fill=float("-inf"), transpose_keys=True):
+def _buggy(queries, keys, values, mask=None, *, scale="sqrt_d_k", softmax_dim=-1,
+           mask_mode="fill", fill=float("-inf"), scale_after=False):
     """Attention with one thing done wrong, chosen by the keyword arguments."""
-    d_k = queries.shape[-1]
-    keys_t = keys.transpose(-2, -1) if transpose_keys else keys
-    scores = queries @ keys_t
-    if scale:
-        scores = scores / (scale_by if scale_by is not None else math.sqrt(d_k))
-    if mask is not None and invert:
-        mask = ~mask
-    if mask is not None and not mask_after:
+    d_k, t_k = queries.shape[-1], keys.shape[-2]
+    scores = queries @ keys.transpose(-2, -1)
+    factor = {"sqrt_d_k": 1 / math.sqrt(d_k), "none": 1.0, "d_k": 1 / d_k,
+              "sqrt_t_k": 1 / math.sqrt(t_k), "times_sqrt_d_k": math.sqrt(d_k)}[scale]
+    if not scale_after:
+        scores = scores * factor
+    if mask is not None and mask_mode == "fill":
         scores = scores.masked_fill(~mask, fill)
+    elif mask is not None and mask_mode == "inverted":
+        scores = scores.masked_fill(mask, fill)
+    if softmax_dim is None:  # F.softmax(scores) without dim: PyTorch's legacy guess
+        softmax_dim = 0 if scores.dim() in (0, 1, 3) else 1
     weights = torch.softmax(scores, dim=softmax_dim)
-    if mask is not None and mask_after:
+    if mask is not None and mask_mode == "after":
         weights = weights.masked_fill(~mask, 0.0)
+    if scale_after:
+        weights = weights / math.sqrt(d_k)
     return weights @ values, weights
 
 
@@ -44,46 +60,70 @@ def _mistake(advice: str, **bug) -> Mistake:
     return Mistake(advice=advice, implementation=functools.partial(_buggy, **bug))
 
 
-def _scaled_by_d_k(queries, keys, values, mask=None):
-    return _buggy(queries, keys, values, mask, scale_by=queries.shape[-1])
-
-
 ATTENTION_MISTAKES: dict[str, Mistake] = {
     "missing scale": _mistake(
         "Missing scale: the scores were not divided by sqrt(d_k). Use "
         "`queries @ keys.transpose(-2, -1) / math.sqrt(d_k)`.",
-        scale=False,
+        scale="none",
     ),
-    "scaled by d_k": Mistake(
-        advice="Scaled by d_k: the scores were divided by d_k instead of its square root, "
-        "sqrt(d_k).",
-        implementation=_scaled_by_d_k,
+    "scaled by d_k": _mistake(
+        "Scaled by d_k: the scores were divided by d_k instead of its square root, sqrt(d_k).",
+        scale="d_k",
+    ),
+    "scaled by sqrt(T_k)": _mistake(
+        "Scaled by the square root of the wrong size: the number of keys T_k "
+        "(`keys.shape[-2]`) instead of the number of features d_k (`queries.shape[-1]`). The "
+        "scale corrects the variance of a dot product of d_k terms.",
+        scale="sqrt_t_k",
+    ),
+    "multiplied by sqrt(d_k)": _mistake(
+        "Multiplied by sqrt(d_k) instead of dividing: the scores must shrink by sqrt(d_k), "
+        "`scores = queries @ keys.transpose(-2, -1) / math.sqrt(d_k)`.",
+        scale="times_sqrt_d_k",
+    ),
+    "scaled after the softmax": _mistake(
+        "Scaled after the softmax: dividing the *weights* by sqrt(d_k) leaves rows that sum to "
+        "1/sqrt(d_k). Divide the *scores* before the softmax.",
+        scale_after=True,
     ),
     "softmax over queries": _mistake(
         "Softmax over the wrong axis: the weights must sum to 1 over the keys (the last "
         "dimension), one distribution per query. Use `torch.softmax(scores, dim=-1)`.",
         softmax_dim=-2,
     ),
+    "softmax over dim=1": _mistake(
+        "Softmax over `dim=1`: a fixed positive index means a different axis for different inputs "
+        "(the queries of (B, T_q, T_k) scores, the heads of (B, heads, T_q, T_k) ones). The keys "
+        "are always the last dimension: `torch.softmax(scores, dim=-1)`.",
+        softmax_dim=1,
+    ),
+    "softmax without dim": _mistake(
+        "`F.softmax(scores)` without `dim`: PyTorch then guesses a dimension (dimension 0 for "
+        "3-D scores, 1 for 4-D: the batch or the heads, never the keys) and warns that this is "
+        "deprecated. Always say `dim=-1`.",
+        softmax_dim=None,
+    ),
+    "mask ignored": _mistake(
+        "The mask had no effect. A common cause: `scores.masked_fill(~mask, float('-inf'))` "
+        "returns a *new* tensor and leaves `scores` unchanged, so assign the result, "
+        "`scores = scores.masked_fill(...)`.",
+        mask_mode="none",
+    ),
     "mask after softmax": _mistake(
         "Mask applied after the softmax: zeroing weights afterwards leaves rows that no longer "
         "sum to 1. Fill the masked *scores* with -inf before the softmax.",
-        mask_after=True,
+        mask_mode="after",
     ),
     "inverted mask": _mistake(
         "Inverted mask: in this course True means 'may attend', so fill the scores where the "
-        "mask is False: `scores.masked_fill(~mask, float('-inf'))`.",
-        invert=True,
+        "mask is False: `scores.masked_fill(~mask, float('-inf'))`. (nn.MultiheadAttention "
+        "uses the opposite convention, True = blocked.)",
+        mask_mode="inverted",
     ),
     "masked with zero": _mistake(
-        "Masked scores set to 0 instead of -inf: exp(0) = 1, so masked keys still get weight. "
-        "Use float('-inf').",
+        "Masked scores set to 0 instead of -inf (multiplying the scores by the mask does the "
+        "same): exp(0) = 1, so masked keys still get weight. Use float('-inf').",
         fill=0.0,
-    ),
-    "keys not transposed": _mistake(
-        "Keys not transposed: the scores are `queries @ keys.transpose(-2, -1)`, a dot product "
-        "of every query with every key. Without the transpose the product only runs when "
-        "T_k == d_k, and then it computes something else.",
-        transpose_keys=False,
     ),
 }
 
@@ -95,18 +135,27 @@ def _random_mask(shape, generator) -> torch.Tensor:
     return mask | torch.nn.functional.one_hot(first, shape[-1]).bool()
 
 
+def _distinct_sizes(generator: torch.Generator) -> list[int]:
+    """T_q, T_k, d_k, d_v in 2..9: all different, and none the square of another."""
+    while True:
+        sizes = torch.randint(2, 10, (4,), generator=generator).tolist()
+        if len(set(sizes)) == 4 and not any(a * a == b for a in sizes for b in sizes):
+            return sizes
+
+
 def attention_inputs(generator: torch.Generator, trial: list[int]) -> dict:
-    """Random inputs; trial 0 is square (T_k == d_k) and masked so that every mistake shows."""
+    """Random inputs; the kind of mask cycles with the trial number (full, padding, causal, none).
+
+    Every row of every mask keeps at least one key, so PyTorch's attention is defined everywhere.
+    """
     t = trial[0]
     trial[0] += 1
     r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=generator))
-    lead = (r(1, 3),) if t % 2 == 0 else (r(1, 3), r(1, 3))  # (B,) or (B, heads)
-    t_q, t_k, d_k, d_v = r(2, 7), r(2, 7), r(2, 8), r(2, 8)
-    if t == 0:
-        t_q, t_k, d_k = 5, 4, 4
+    lead = (r(2, 3),) if t % 2 == 0 else (r(2, 3), r(2, 3))  # (B,) or (B, heads)
+    t_q, t_k, d_k, d_v = _distinct_sizes(generator)
     kind = ("full", "padding", "causal", "none", "full")[t % 5]
-    if kind == "causal":
-        t_q = t_k
+    if kind == "causal":  # new queries over cached keys: the queries are the last T_q positions
+        t_q, t_k = min(t_q, t_k), max(t_q, t_k)
     queries = torch.randn(*lead, t_q, d_k, generator=generator) * 2
     keys = torch.randn(*lead, t_k, d_k, generator=generator) * 2
     values = torch.randn(*lead, t_k, d_v, generator=generator)
@@ -117,10 +166,72 @@ def attention_inputs(generator: torch.Generator, trial: list[int]) -> dict:
         real = torch.arange(t_k)[None, :] < lengths[:, None]  # (B, T_k)
         mask = real.view(lead[0], *([1] * len(lead)), t_k)  # (B, [1,] 1, T_k)
     elif kind == "causal":
-        mask = torch.ones(t_q, t_k, dtype=torch.bool).tril()
+        mask = causal_mask(t_q, t_k)
     else:
         mask = None
     return {"queries": queries, "keys": keys, "values": values, "mask": mask}
+
+
+def _property_hints(actual, expected, inputs) -> str | None:
+    """Family-level hints from two properties of right weights: rows sum to 1, 0 where masked."""
+    if not (isinstance(actual, tuple | list) and len(actual) == 2):
+        return None
+    output, weights = actual
+    if not isinstance(weights, torch.Tensor) or weights.shape != expected[1].shape:
+        return None
+    weights = weights.detach().double()
+    mask = inputs["mask"]
+    allowed = (torch.ones(weights.shape, dtype=torch.bool) if mask is None
+               else mask.expand(weights.shape))
+    sums = weights.sum(-1)
+    finite = torch.isfinite(sums)
+    lines = []
+    if not finite.all():
+        where = (~finite).nonzero()[0].tolist()
+        lines.append(
+            f"Hint: some rows of your weights contain NaN (e.g. row {where}). A softmax over "
+            f"scores that are all -inf along its dimension is 0/0; in this check every query has "
+            f"at least one allowed key, so either your mask hides keys it should not, or the "
+            f"softmax runs over another dimension than the keys."
+        )
+    good = sums[finite]
+    if good.numel() and not torch.allclose(good, torch.ones_like(good), atol=1e-4):
+        other = [d for d in range(weights.dim() - 1) if torch.allclose(
+            weights.sum(d), torch.ones((), dtype=weights.dtype), atol=1e-4)]
+        if other:
+            lines.append(
+                f"Hint: your weights sum to 1 along dimension {other[0]}, not over the keys (the "
+                f"last dimension): the softmax normalised the wrong dimension; use dim=-1."
+            )
+        elif torch.allclose(good, good[:1].expand_as(good), atol=1e-4):
+            lines.append(
+                f"Hint: every row of your weights sums to {good[0].item():.4g}, not 1: something "
+                f"scaled them after the softmax. Any scaling belongs to the scores, before it."
+            )
+        else:
+            lines.append(
+                "Hint: your weights do not sum to 1 over the keys (the last dimension): they "
+                "must be a softmax over dim=-1, and nothing may change them after it."
+            )
+    leaked = (~allowed) & (weights.abs() > 1e-6)
+    if mask is not None and bool(leaked.any()):
+        where = leaked.nonzero()[0].tolist()
+        lines.append(
+            f"Hint: your weights are not 0 at masked keys (where the mask is False), e.g. "
+            f"{weights[tuple(where)].item():.4g} at index {where}: the mask had no effect, or the "
+            f"wrong one. Set the masked *scores* to -inf before the softmax, and assign the "
+            f"result of masked_fill."
+        )
+    if not lines and not torch.allclose(weights, expected[1].double(), atol=1e-5, rtol=1e-4):
+        lines.append(
+            "Hint: your weights are a distribution over the allowed keys (each row sums to 1 "
+            "and masked keys get 0), so the mask and the softmax are right; the scores differ. "
+            "Check the scale: divide queries @ keys.transpose(-2, -1) by sqrt(d_k), with d_k = "
+            "queries.shape[-1], before the softmax."
+        )
+    if not lines and isinstance(output, torch.Tensor):
+        lines.append("Hint: your weights are right; the output should be `weights @ values`.")
+    return "\n".join(lines) or None
 
 
 def _explain_crashes(student: Callable, name: str) -> Callable:
@@ -147,7 +258,11 @@ def _explain_crashes(student: Callable, name: str) -> Callable:
 
 
 def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> None:
-    """Check ``student(queries, keys, values, mask=None) -> (output, weights)``."""
+    """Check ``student(queries, keys, values, mask=None) -> (output, weights)``.
+
+    The output is compared with ``torch.nn.functional.scaled_dot_product_attention``, the weights
+    with the package's :func:`~transformer_lesson.attention.scaled_dot_product_attention`.
+    """
     counter = [0]
     check_against(
         _explain_crashes(student, "attention"),
@@ -156,5 +271,10 @@ def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> 
         name="attention",
         trials=trials,
         mistakes=list(ATTENTION_MISTAKES.values()),
-        quiet=quiet,
+        quiet=True,
+        confirm_mistakes=True,
+        hint=_property_hints,
     )
+    if not quiet:
+        print(f"✓ attention: output matches torch.nn.functional.scaled_dot_product_attention and "
+              f"the weights match the package's, on {trials} random inputs.")

@@ -284,6 +284,8 @@ def check_against(
     rtol: float = 1e-4,
     seed: int = 0,
     quiet: bool = False,
+    confirm_mistakes: bool = False,
+    hint: Callable[[Any, Any, Mapping[str, Any]], str | None] | None = None,
 ) -> None:
     """Compare ``student`` with ``reference`` on ``trials`` random inputs.
 
@@ -291,6 +293,12 @@ def check_against(
     passed by position, so the student may name parameters differently. Each trial gets fresh
     inputs, so an answer that only works for one shape cannot pass. Inputs are cloned for each
     call, and a student function that modifies its inputs in place is reported.
+
+    ``confirm_mistakes``: name a known mistake only if the student's output also matches it on a
+    second, fresh input on which that mistake differs from the reference (other sizes), so that a
+    coincidence on one input (two sizes that happen to be equal) names nothing.
+    ``hint(actual, expected, inputs)`` may add a line of explanation to a failure (for example
+    which property of the output is broken); it is shown whether or not a mistake is named.
     """
     generator = torch.Generator().manual_seed(seed)
     for trial in range(trials):
@@ -309,13 +317,55 @@ def check_against(
             compare(actual, expected, name=f"{name}(...)", dims=dims, atol=atol, rtol=rtol)
         except CheckFailed as failure:
             context = f"\n(trial {trial + 1} of {trials}; inputs: {_describe_inputs(inputs)})"
+            extra = _hint_text(hint, actual, expected, inputs)
             for mistake in mistakes:
                 try:
                     buggy = mistake.implementation(*_clone_inputs(inputs).values())
                 except Exception:  # a mistake that cannot run on these inputs is not the one
                     continue
-                if _close(actual, buggy, atol, rtol):
-                    raise CheckFailed(f"{failure}\nLikely cause: {mistake.advice}{context}") from None
-            raise CheckFailed(f"{failure}{context}") from None
+                if not _close(actual, buggy, atol, rtol):
+                    continue
+                if confirm_mistakes and not _matches_again(
+                    student, reference, make_inputs, generator, mistake, atol, rtol
+                ):
+                    continue
+                raise CheckFailed(
+                    f"{failure}{extra}\nLikely cause: {mistake.advice}{context}"
+                ) from None
+            raise CheckFailed(f"{failure}{extra}{context}") from None
     if not quiet:
         print(f"✓ {name}: matches the reference on {trials} random inputs.")
+
+
+def _hint_text(hint, actual, expected, inputs) -> str:
+    if hint is None:
+        return ""
+    try:
+        text = hint(actual, expected, inputs)
+    except Exception:  # a hint is a bonus: never let it hide the failure itself
+        return ""
+    return f"\n{text}" if text else ""
+
+
+def _matches_again(student, reference, make_inputs, generator, mistake, atol, rtol,
+                   attempts: int = 8) -> bool:
+    """Does ``student`` match ``mistake`` on a fresh input where the mistake shows?
+
+    Draws up to ``attempts`` new inputs and uses the first on which the mistake's output differs
+    from the reference's (an input on which the mistake is harmless would confirm nothing).
+    """
+    for _ in range(attempts):
+        inputs = make_inputs(generator)
+        try:
+            buggy = mistake.implementation(*_clone_inputs(inputs).values())
+        except Exception:
+            continue
+        expected = reference(*_clone_inputs(inputs).values())
+        if _close(buggy, expected, atol, rtol):
+            continue
+        try:
+            actual = student(*_clone_inputs(inputs).values())
+        except Exception:
+            return False
+        return _close(actual, buggy, atol, rtol)
+    return False

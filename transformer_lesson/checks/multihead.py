@@ -3,7 +3,8 @@
 The student writes ``split_heads(x, n_heads)``: (B, T, d_model) -> (B, n_heads, T, d_head), where
 head h owns the contiguous features ``h*d_head:(h+1)*d_head``, and ``merge_heads(x)``, its
 inverse. A wrong split often has the right shape, so the checks compare values and recognise
-the layouts in :data:`SPLIT_MISTAKES` and :data:`MERGE_MISTAKES`.
+the layouts in :data:`SPLIT_MISTAKES` and :data:`MERGE_MISTAKES` (a layout is named only when the
+answer matches it on two inputs of different sizes).
 """
 
 from __future__ import annotations
@@ -26,9 +27,19 @@ def _split_heads_inner(x, n_heads):
     return x.reshape(batch, time, d_model // n_heads, n_heads).permute(0, 3, 1, 2)
 
 
+def _split_transpose_first(x, n_heads):
+    batch, time, d_model = x.shape
+    return x.transpose(1, 2).reshape(batch, n_heads, time, d_model // n_heads)
+
+
 def _merge_without_transpose(x):
     batch, n_heads, time, d_head = x.shape
     return x.reshape(batch, time, n_heads * d_head)
+
+
+def _merge_swapping_time_and_d_head(x):
+    batch, n_heads, time, d_head = x.shape
+    return x.transpose(2, 3).reshape(batch, time, n_heads * d_head)
 
 
 def _merge_heads_inner(x):
@@ -49,6 +60,13 @@ SPLIT_MISTAKES: dict[str, Mistake] = {
         "(n_heads, d_head).",
         _split_heads_inner,
     ),
+    "transposed before splitting": Mistake(
+        "Transposed the input before splitting it: `x.transpose(1, 2)` on (B, T, d_model) gives "
+        "(B, d_model, T), and reshaping that to (B, n_heads, T, d_head) cuts through the features "
+        "of different time steps. Split the features first, `x.view(B, T, n_heads, d_head)`, "
+        "then move the heads next to the batch with `.transpose(1, 2)`.",
+        _split_transpose_first,
+    ),
 }
 
 MERGE_MISTAKES: dict[str, Mistake] = {
@@ -62,6 +80,12 @@ MERGE_MISTAKES: dict[str, Mistake] = {
         "Merged as (d_head, n_heads): features must be laid out head by head, head 0's d_head "
         "features first, to undo split_heads.",
         _merge_heads_inner,
+    ),
+    "transposed time and d_head": Mistake(
+        "Swapped the wrong pair of dimensions: `transpose(2, 3)` swaps time and d_head, but the "
+        "*heads* dimension (1) must move next to d_head. Use `x.transpose(1, 2)` (B, T, n_heads, "
+        "d_head), then `.reshape(B, T, n_heads * d_head)`.",
+        _merge_swapping_time_and_d_head,
     ),
 }
 
@@ -101,7 +125,7 @@ def check_split_heads(student: Callable, trials: int = 5, quiet: bool = False) -
     check_against(
         _explain_view_errors(student, "split_heads"), split_heads, _split_inputs,
         name="split_heads", trials=trials, mistakes=list(SPLIT_MISTAKES.values()),
-        dims=("batch", "n_heads", "time", "d_head"), quiet=quiet,
+        dims=("batch", "n_heads", "time", "d_head"), quiet=quiet, confirm_mistakes=True,
     )
 
 
@@ -110,5 +134,5 @@ def check_merge_heads(student: Callable, trials: int = 5, quiet: bool = False) -
     check_against(
         _explain_view_errors(student, "merge_heads"), merge_heads, _merge_inputs,
         name="merge_heads", trials=trials, mistakes=list(MERGE_MISTAKES.values()),
-        dims=("batch", "time", "d_model"), quiet=quiet,
+        dims=("batch", "time", "d_model"), quiet=quiet, confirm_mistakes=True,
     )

@@ -3,11 +3,15 @@
 The student writes ``sinusoidal_encoding(max_len, d_model)`` returning a (max_len, d_model) table
 with ``PE[pos, 2i] = sin(pos / 10000^(2i/d_model))`` and ``PE[pos, 2i+1] = cos(same angle)``.
 :func:`check_sinusoidal_encoding` compares it with the package's on several sizes and recognises
-the mistakes in :data:`SINUSOIDAL_MISTAKES`.
+the mistakes in :data:`SINUSOIDAL_MISTAKES` (named only when the answer matches one on two
+different sizes). For a wrong table it also says where (position, feature, pair) and, when the
+student's pair is a proper (sin, cos) rotation, compares its frequency with the expected
+``omega_i = 10000^(-2i/d_model)``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -17,12 +21,18 @@ from .core import Mistake, check_against
 
 
 def _buggy(max_len, d_model, *, swap=False, halves=False, exponent_scale=2.0, start=0,
-           multiply=False):
+           multiply=False, base=10000.0, denominator_offset=0, degrees=False,
+           integer_exponent=False):
     """A sinusoidal table with one thing done wrong, chosen by the keyword arguments."""
     position = torch.arange(start, start + max_len, dtype=torch.float64)[:, None]
     i = torch.arange(d_model // 2, dtype=torch.float64)
-    power = 10000.0 ** (exponent_scale * i / d_model)
+    exponent = exponent_scale * i / (d_model + denominator_offset)
+    if integer_exponent:
+        exponent = (exponent_scale * i) // d_model
+    power = base**exponent
     angle = position * power if multiply else position / power  # (max_len, d/2)
+    if degrees:
+        angle = angle * 180 / math.pi
     sin, cos = torch.sin(angle), torch.cos(angle)
     first, second = (cos, sin) if swap else (sin, cos)
     if halves:
@@ -50,6 +60,31 @@ SINUSOIDAL_MISTAKES: dict[str, Mistake] = {
         "of pair i is 2i/d_model (it must reach almost 1 at the last pair).",
         exponent_scale=1.0,
     ),
+    "exponent 4i": _mistake(
+        "Exponent 4i/d_model: `torch.arange(0, d_model, 2)` already counts 2i (0, 2, 4, ...), so "
+        "do not multiply it by 2 again: frequency = 10000 ** (-torch.arange(0, d_model, 2) / "
+        "d_model).",
+        exponent_scale=4.0,
+    ),
+    "base 1000": _mistake(
+        "Base 1000 instead of 10000: the frequencies are 10000^(-2i/d_model), from 1 down to "
+        "about 1/10000 radian per position.",
+        base=1000.0,
+    ),
+    "divided by d_model - 1": _mistake(
+        "Exponent 2i/(d_model - 1) instead of 2i/d_model: divide by d_model itself.",
+        denominator_offset=-1,
+    ),
+    "angles in degrees": _mistake(
+        "Angles in degrees: torch.sin and torch.cos take radians, and the angle is simply "
+        "pos * omega_i, with no conversion by 180/pi.",
+        degrees=True,
+    ),
+    "integer division in the exponent": _mistake(
+        "Integer division in the exponent: `2i // d_model` is 0 for every pair, so all pairs got "
+        "frequency 1. Use true division, `/`.",
+        integer_exponent=True,
+    ),
     "positions from 1": _mistake(
         "Positions counted from 1: the first row is position 0, whose encoding is "
         "(0, 1, 0, 1, ...). Use `torch.arange(max_len)`.",
@@ -63,6 +98,36 @@ SINUSOIDAL_MISTAKES: dict[str, Mistake] = {
 }
 
 
+def _where_and_frequency(actual, expected, inputs) -> str | None:
+    """Say where the table is wrong, and compare the pair's frequency with omega_i if it can."""
+    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+        return None
+    table = actual.detach().double()
+    diff = (table - expected.double()).abs().nan_to_num(nan=math.inf)
+    position, feature = (int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    d_model = inputs["d_model"]
+    pair = feature // 2
+    kind = "sin" if feature % 2 == 0 else "cos"
+    omega = 10000.0 ** (-2 * pair / d_model)
+    text = (f"Largest difference at position {position}, feature {feature} (pair {pair}, its "
+            f"{kind}): you have {table[position, feature].item():.6g}, expected "
+            f"{expected[position, feature].item():.6g} = {kind}({position} * omega_{pair}).")
+    if 2 * pair + 1 >= d_model or table.shape[0] < 2:
+        return text
+    sin, cos = table[:, 2 * pair], table[:, 2 * pair + 1]
+    step = math.atan2(sin[1].item(), cos[1].item())  # the turn from one position to the next
+    positions = torch.arange(table.shape[0], dtype=torch.float64)
+    is_rotation = (torch.allclose(sin, torch.sin(positions * step), atol=1e-3)
+                   and torch.allclose(cos, torch.cos(positions * step), atol=1e-3))
+    if is_rotation and abs(step - omega) > 1e-4 * max(omega, 1e-3):
+        text += (f"\nYour frequency for pair {pair} is {step:.6g} rad per position, expected "
+                 f"omega_{pair} = 10000^(-2*{pair}/{d_model}) = {omega:.6g} (measured as the "
+                 f"turn from position 0 to 1, so only up to a multiple of 2*pi).")
+        if abs(step / omega - 180 / math.pi) < 0.01 * 180 / math.pi:
+            text += " Yours is 180/pi times larger: are your angles in degrees? Use radians."
+    return text
+
+
 def _inputs(generator: torch.Generator) -> dict:
     max_len = int(torch.randint(3, 60, (1,), generator=generator))
     d_model = 2 * int(torch.randint(2, 17, (1,), generator=generator))
@@ -74,4 +139,5 @@ def check_sinusoidal_encoding(student: Callable, trials: int = 5, quiet: bool = 
     check_against(
         student, sinusoidal_encoding, _inputs, name="sinusoidal_encoding", trials=trials,
         mistakes=list(SINUSOIDAL_MISTAKES.values()), dims=("position", "feature"), quiet=quiet,
+        confirm_mistakes=True, hint=_where_and_frequency,
     )
