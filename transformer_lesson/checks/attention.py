@@ -24,7 +24,7 @@ import torch
 from torch.nn.functional import scaled_dot_product_attention as torch_sdpa
 
 from ..attention import causal_mask, scaled_dot_product_attention
-from .core import CheckFailed, Mistake, check_against
+from .core import Mistake, check_against, explain_crashes
 
 
 def _reference(queries, keys, values, mask=None):
@@ -234,27 +234,12 @@ def _property_hints(actual, expected, inputs) -> str | None:
     return "\n".join(lines) or None
 
 
-def _explain_crashes(student: Callable, name: str) -> Callable:
-    """Turn a crash inside the student's function into a CheckFailed with a hint."""
-
-    def wrapped(*inputs):
-        try:
-            return student(*inputs)
-        except NotImplementedError:  # an exercise not done yet: let it say so
-            raise
-        except (RuntimeError, ValueError, IndexError) as error:
-            shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
-            hint = ""
-            if "mat" in str(error) or "shape" in str(error) or "size" in str(error):
-                hint = (
-                    "\nHint: a shape error in a product usually means the keys were not "
-                    "transposed, or transposed on the wrong dimensions: use "
-                    "`keys.transpose(-2, -1)`, which works for any number of leading dimensions."
-                )
-            message = f"{name} crashed on inputs of shapes {shapes}:\n  {error}{hint}"
-            raise CheckFailed(message) from None
-
-    return wrapped
+def _transpose_hint(error: Exception) -> str:
+    if any(word in str(error) for word in ("mat", "shape", "size")):
+        return ("\nHint: a shape error in a product usually means the keys were not transposed, or "
+                "transposed on the wrong dimensions: use `keys.transpose(-2, -1)`, which works for any "
+                "number of leading dimensions.")
+    return ""
 
 
 def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> None:
@@ -265,7 +250,7 @@ def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> 
     """
     counter = [0]
     check_against(
-        _explain_crashes(student, "attention"),
+        explain_crashes(student, "attention", hint_for=_transpose_hint),
         _reference,
         lambda g: attention_inputs(g, counter),
         name="attention",

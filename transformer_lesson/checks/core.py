@@ -13,6 +13,7 @@ failure) and print one line when they pass.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -235,6 +236,44 @@ def _compare_leaf(leaf_name, a, e, dims, atol, rtol) -> None:
             f"have {a_cmp[idx].item():.6g}, expected {e[idx].item():.6g} "
             f"(largest difference {diff.max().item():.3g})."
         )
+
+
+def explain_crashes(
+    student: Callable[..., Any],
+    name: str,
+    hint: str = "",
+    *,
+    index_hint: str = "",
+    hint_for: Callable[[Exception], str] | None = None,
+    explain_not_implemented: bool = False,
+) -> Callable[..., Any]:
+    """Wrap ``student`` so that a crash inside it becomes a :class:`CheckFailed` that says what to look at.
+
+    The message names the error and the input shapes, then adds ``hint``; ``index_hint`` when the
+    crash is an IndexError (nearly always an off-by-one here); and whatever ``hint_for(error)``
+    returns for this particular error. ``NotImplementedError`` (an exercise not done yet) passes
+    through unchanged, or, with ``explain_not_implemented``, becomes a CheckFailed saying so.
+    """
+
+    @functools.wraps(student)
+    def guarded(*inputs):
+        try:
+            return student(*inputs)
+        except NotImplementedError:
+            if explain_not_implemented:
+                raise CheckFailed(f"{name} is not written yet: replace `raise NotImplementedError()`.") from None
+            raise
+        except CheckFailed:
+            raise
+        except (RuntimeError, IndexError, ValueError, TypeError) as error:
+            shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
+            extra = f"\n{index_hint}" if index_hint and isinstance(error, IndexError) else ""
+            extra += hint_for(error) if hint_for is not None else ""
+            tail = f"\n{hint}" if hint else ""
+            raise CheckFailed(f"{name} raised {type(error).__name__} on inputs {shapes}:\n  "
+                              f"{error}{extra}{tail}") from None
+
+    return guarded
 
 
 @dataclass(frozen=True)

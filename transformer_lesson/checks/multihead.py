@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ..multihead import merge_heads, split_heads
-from .core import CheckFailed, Mistake, check_against
+from .core import Mistake, check_against, explain_crashes
 
 
 def _split_without_transpose(x, n_heads):
@@ -101,29 +101,17 @@ def _merge_inputs(generator: torch.Generator) -> dict:
     return {"x": torch.randn(batch, n_heads, time, d_head, generator=generator)}
 
 
-def _explain_view_errors(student: Callable, name: str) -> Callable:
-    def wrapped(*inputs):
-        try:
-            return student(*inputs)
-        except NotImplementedError:  # an exercise not done yet: let it say so
-            raise
-        except RuntimeError as error:
-            hint = ""
-            if "view" in str(error):
-                hint = (
-                    "\nHint: after a transpose the tensor is no longer contiguous in memory, so "
-                    "`.view` cannot regroup its dimensions. Use `.reshape` (or "
-                    "`.contiguous().view`)."
-                )
-            raise CheckFailed(f"{name} crashed: {error}{hint}") from None
-
-    return wrapped
+def _view_hint(error: Exception) -> str:
+    if "view" in str(error):
+        return ("\nHint: after a transpose the tensor is no longer contiguous in memory, so `.view` cannot "
+                "regroup its dimensions. Use `.reshape` (or `.contiguous().view`).")
+    return ""
 
 
 def check_split_heads(student: Callable, trials: int = 5, quiet: bool = False) -> None:
     """Check ``student(x, n_heads)``: (B, T, d_model) -> (B, n_heads, T, d_head)."""
     check_against(
-        _explain_view_errors(student, "split_heads"), split_heads, _split_inputs,
+        explain_crashes(student, "split_heads", hint_for=_view_hint), split_heads, _split_inputs,
         name="split_heads", trials=trials, mistakes=list(SPLIT_MISTAKES.values()),
         dims=("batch", "n_heads", "time", "d_head"), quiet=quiet, confirm_mistakes=True,
     )
@@ -132,7 +120,7 @@ def check_split_heads(student: Callable, trials: int = 5, quiet: bool = False) -
 def check_merge_heads(student: Callable, trials: int = 5, quiet: bool = False) -> None:
     """Check ``student(x)``: (B, n_heads, T, d_head) -> (B, T, n_heads * d_head)."""
     check_against(
-        _explain_view_errors(student, "merge_heads"), merge_heads, _merge_inputs,
+        explain_crashes(student, "merge_heads", hint_for=_view_hint), merge_heads, _merge_inputs,
         name="merge_heads", trials=trials, mistakes=list(MERGE_MISTAKES.values()),
         dims=("batch", "time", "d_model"), quiet=quiet, confirm_mistakes=True,
     )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..rnn import rnn_forward
-from .core import CheckFailed, Mistake, check_against
+from .core import CheckFailed, Mistake, check_against, explain_crashes
 
 
 def _torch_rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh):
@@ -67,27 +66,8 @@ CELL_MISTAKES = (
 
 
 def _explain_errors(student: Callable, name: str, hint: str, index_hint: str = "") -> Callable:
-    """Turn a crash inside the student's function into a CheckFailed that says what to look at.
-
-    ``index_hint`` is added when the crash is an IndexError (an index out of range), which in
-    these exercises is nearly always an off-by-one.
-    """
-
-    @functools.wraps(student)
-    def guarded(*inputs):
-        try:
-            return student(*inputs)
-        except NotImplementedError:
-            raise CheckFailed(f"{name} is not written yet: replace `raise NotImplementedError()`.") from None
-        except CheckFailed:
-            raise
-        except (RuntimeError, IndexError, ValueError, TypeError) as error:
-            shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
-            extra = f"\n{index_hint}" if index_hint and isinstance(error, IndexError) else ""
-            raise CheckFailed(f"{name} raised {type(error).__name__} on inputs {shapes}:\n  "
-                              f"{error}{extra}\n{hint}") from None
-
-    return guarded
+    """:func:`~.core.explain_crashes` as the RNN lessons use it: an unwritten exercise is reported too."""
+    return explain_crashes(student, name, hint, index_hint=index_hint, explain_not_implemented=True)
 
 
 def check_rnn_cell(rnn_cell: Callable, trials: int = 6) -> None:
