@@ -4,6 +4,7 @@ Run by hand (not in CI), for example::
 
     python benchmarks/attention_speed.py --threads 1 --runs 3
     python benchmarks/attention_speed.py --lengths 64 256 1024 --batch 16 --device cuda
+    python benchmarks/attention_speed.py --threads 1 --lengths 512 --block-scores 1000000000000
 
 Both modules hold the same weights (``load_from_torch``) and run self-attention on the same input
 with a padding mask (or none, ``--no-mask``), in training mode, dropout 0; PyTorch's is called with
@@ -27,6 +28,7 @@ import statistics
 import torch
 from torch import nn
 
+from transformer_lesson import attention
 from transformer_lesson.attention import padding_mask
 from transformer_lesson.multihead import MultiHeadAttention
 from transformer_lesson.timing import measure
@@ -77,7 +79,11 @@ def main() -> None:
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-mask", action="store_true", help="attend everywhere, no padding")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--block-scores", type=int, default=attention.BLOCK_SCORES,
+                        help="teaching path: most scores computed at once (a huge value: never split "
+                             f"the queries into blocks); default {attention.BLOCK_SCORES}")
     args = parser.parse_args()
+    attention.BLOCK_SCORES = args.block_scores
 
     device = torch.device(args.device)
     if args.threads is not None:
@@ -93,7 +99,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, float32, batch {args.batch}, d_model {args.d_model}, "
           f"{args.heads} heads, {masking}, "
           f"forward + backward, median of {args.repeats} calls each, taken in turns; "
-          f"{args.runs} run(s), cells = min-max over runs")
+          f"{args.runs} run(s), cells = min-max over runs; teaching path: at most "
+          f"{args.block_scores} scores per block of queries")
     print(f"date: {datetime.date.today().isoformat()}")
     header = ("T", "torch ms", "fast ms", "teaching ms", "torch/fast", "torch/teaching")
     print("| " + " | ".join(header) + " |")

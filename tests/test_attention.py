@@ -382,3 +382,69 @@ def test_check_compares_the_output_with_torch(monkeypatch):
     monkeypatch.setattr(checks, "torch_sdpa", shifted)
     with pytest.raises(CheckFailed, match=r"attention\(...\)\[0\] has the right shape"):
         check_attention(lambda q, k, v, m=None: scaled_dot_product_attention(q, k, v, m), quiet=True)
+
+
+def _mask_cases(generator, b, h, t_q, t_k):
+    """Masks of every accepted layout, one with fully masked query rows."""
+    per_query = torch.rand(b, h, t_q, t_k, generator=generator) < 0.6
+    per_query[0, 0, 1] = False  # a row with no key at all
+    real = torch.rand(b, t_k, generator=generator) < 0.8
+    real[:, 0] = True
+    return {
+        "none": None,
+        "keys only (T_k,)": torch.rand(t_k, generator=generator) < 0.7,
+        "causal (T_q, T_k)": causal_mask(t_q, t_k),
+        "padding (B, 1, 1, T_k)": padding_mask(real),
+        "padding & causal (B, 1, T_q, T_k)": padding_mask(real) & causal_mask(t_q, t_k),
+        "per query (B, H, T_q, T_k), a fully masked row": per_query,
+    }
+
+
+@pytest.mark.parametrize("block_scores", [1, 2 * 3 * 11, 2 * 3 * 11 * 4])
+def test_query_blocks_give_the_same_numbers_and_gradients(monkeypatch, block_scores):
+    """Long inputs are computed a block of query rows at a time; outputs, weights and gradients must not change."""
+    import transformer_lesson.attention as attention
+
+    generator = torch.Generator().manual_seed(11)
+    b, h, t_q, t_k = 2, 3, 10, 11  # 10 rows: blocks of 1, 1 (one row of 66 scores), 4 (uneven last block)
+    q, k, v = (torch.randn(b, h, t, 5, generator=generator, dtype=torch.float64) for t in (t_q, t_k, t_k))
+    whole_matrix = attention.BLOCK_SCORES  # far more than 2 * 3 * 10 * 11 scores: one block
+    for name, mask in _mask_cases(generator, b, h, t_q, t_k).items():
+        results = []
+        for block in (whole_matrix, block_scores):  # whole matrix (this size is small), then blocks
+            monkeypatch.setattr(attention, "BLOCK_SCORES", block)
+            inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+            out, weights = scaled_dot_product_attention(*inputs, mask)
+            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+            results.append((out, weights, *(t.grad for t in inputs)))
+        for whole, blocked in zip(*results, strict=True):
+            assert torch.isfinite(blocked).all(), name
+            assert relative_error(blocked, whole) <= 1e-12, name
+
+
+def test_need_weights_false_returns_no_weights_and_the_same_output(monkeypatch):
+    import transformer_lesson.attention as attention
+
+    q, k, v, mask = random_case(torch.Generator().manual_seed(12))
+    for block in (attention.BLOCK_SCORES, 1):  # the tuple is built once, before any setattr
+        monkeypatch.setattr(attention, "BLOCK_SCORES", block)
+        out, weights = scaled_dot_product_attention(q, k, v, mask)
+        out_only, none = scaled_dot_product_attention(q, k, v, mask, need_weights=False)
+        assert weights is not None and none is None
+        assert torch.equal(out, out_only)
+
+
+def test_long_sequences_are_split_into_blocks_of_bounded_size(monkeypatch):
+    """The block rule itself: at most BLOCK_SCORES scores per block, and one block when they fit."""
+    import transformer_lesson.attention as attention
+
+    seen = []
+    original = attention._attention
+    monkeypatch.setattr(attention, "_attention", lambda q, *rest: seen.append(q.shape[-2]) or original(q, *rest))
+    q = torch.randn(2, 4, 100, 8)
+    scaled_dot_product_attention(q, q, q)
+    assert seen == [100]  # 2 * 4 * 100 * 100 scores fit in one block
+    seen.clear()
+    monkeypatch.setattr(attention, "BLOCK_SCORES", 2 * 4 * 100 * 30)
+    scaled_dot_product_attention(q, q, q)
+    assert seen == [30, 30, 30, 10]

@@ -23,6 +23,8 @@ its weights are zeros (softmax alone would give 0/0 = NaN).
 One interface, two paths, chosen by ``fast``:
 
 * ``fast=False``, the teaching path: the three lines above, written out. Returns the weights.
+  Long sequences go a block of query rows at a time (each row depends on its own query only),
+  so that no single (T_q, T_k) temporary grows huge; the numbers are the same.
 * ``fast=True``: :func:`torch.nn.functional.scaled_dot_product_attention`, which fuses the steps
   (its fastest kernels never store the (T_q, T_k) weights). Returns ``None`` for the weights.
 
@@ -147,6 +149,7 @@ def scaled_dot_product_attention(
     fast: bool = False,
     dropout_p: float = 0.0,
     is_causal: bool = False,
+    need_weights: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of every query over all keys.
 
@@ -159,7 +162,8 @@ def scaled_dot_product_attention(
     on the teaching path and ``None`` on the fast path, whose kernels do not return them.
     Fully masked query rows give zeros in both output and weights.
     ``dropout_p`` drops attention weights whenever it is above 0, training or not (this function
-    cannot tell): pass 0.0 at evaluation time.
+    cannot tell): pass 0.0 at evaluation time. ``need_weights=False`` returns ``None`` for the
+    weights on the teaching path too, which saves assembling them for long sequences.
     """
     check_attention_inputs(queries, keys, values, mask, is_causal)
     t_q, t_k = queries.shape[-2], keys.shape[-2]
@@ -176,6 +180,39 @@ def scaled_dot_product_attention(
 
     if is_causal:
         mask = _with_causal(mask, t_q, t_k, queries.device)
+    # A query's row of weights depends on that query alone, so the rows can be computed a block
+    # at a time, with the same numbers. Long sequences are: a block's scores hold at most
+    # BLOCK_SCORES numbers (16 MB in float32), which bounds the memory of the temporaries and, on
+    # CPU, is faster than one huge tensor (fresh memory of that size costs a page fault per 4 kB;
+    # see docs/benchmarks.md). Short sequences make one block: the whole matrix at once.
+    rows = max(1, BLOCK_SCORES // (math.prod(queries.shape[:-2]) * t_k))
+    if rows >= t_q:
+        output, weights = _attention(queries, keys, values, mask, dropout_p)
+        return output, weights if need_weights else None
+    outputs, weights = [], []
+    for first in range(0, t_q, rows):
+        block_queries = queries[..., first : first + rows, :]  # (..., rows, d_k)
+        out, w = _attention(block_queries, keys, values, _query_rows(mask, first, rows), dropout_p)
+        outputs.append(out)
+        weights.append(w if need_weights else None)
+    output = torch.cat(outputs, dim=-2)  # (..., T_q, d_v)
+    return output, torch.cat(weights, dim=-2) if need_weights else None
+
+
+BLOCK_SCORES = 2**22
+"""The most (T_q, T_k) scores, all batch and head dimensions together, computed at once by the
+teaching path; more than this and the queries are taken a block of rows at a time."""
+
+
+def _query_rows(mask, first, rows):
+    """Rows first:first+rows of a mask broadcastable to (..., T_q, T_k) (one row: all of it)."""
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+        return mask
+    return mask[..., first : first + rows, :]
+
+
+def _attention(queries, keys, values, mask, dropout_p):
+    """The teaching path for one block of query rows: returns (output, weights)."""
     d_k = queries.shape[-1]
     # Q K^T / sqrt(d_k), with the scale applied to Q: the same numbers, T_k times fewer divisions.
     scores = (queries / math.sqrt(d_k)) @ keys.transpose(-2, -1)  # (..., T_q, T_k)

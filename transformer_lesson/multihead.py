@@ -137,6 +137,7 @@ class MultiHeadAttention(nn.Module):
         heads, weights = scaled_dot_product_attention(
             queries, keys, values, mask,
             fast=self.fast and not need_weights,
+            need_weights=need_weights,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
         )  # (B, nh, T_q, dh)
