@@ -245,11 +245,36 @@ def test_two_heads_learn_two_different_relationships():
     assert losses[-1] < 0.05 * losses[0]
     _, _, weights = model(batch.tokens, need_weights=True)
     scores = head_relation_scores(weights, batch.marker_pos)  # (heads, [neighbour, marker])
-    neighbour_head, marker_head = scores[:, 0].argmax(), scores[:, 1].argmax()
-    assert neighbour_head != marker_head
-    assert scores[neighbour_head, 0] >= 0.8 and scores[marker_head, 1] >= 0.6, scores
-    assert (specialisation(scores) >= 0.5).all(), scores
+    assert heads_split_the_relationships(scores), scores
     assert time.perf_counter() - started < 30
+
+
+def heads_split_the_relationships(scores: torch.Tensor) -> bool:
+    """One head mostly on the neighbour (>= 0.8), another mostly on the marker (>= 0.6), both specialised."""
+    neighbour_head, marker_head = scores[:, 0].argmax(), scores[:, 1].argmax()
+    return bool(
+        neighbour_head != marker_head
+        and scores[neighbour_head, 0] >= 0.8
+        and scores[marker_head, 1] >= 0.6
+        and (specialisation(scores) >= 0.5).all()
+    )
+
+
+def test_heads_split_the_relationships_for_most_seeds():
+    """Lesson 05 says specialisation is what training *usually* finds: seeds 0-9, quick setting.
+
+    Measured: 8 of seeds 0-9 split (17 of 0-19, at 200 and at 1000 steps; docs/results.md); all 10 solve the task.
+    """
+    batch = relation_batch(512, generator=torch.Generator().manual_seed(123))
+    split = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        model = RelationModel(n_heads=2)
+        train_relation_model(model, steps=200, seed=seed)
+        assert min(relation_accuracy(model, batch).values()) >= 0.98, seed
+        _, _, weights = model(batch.tokens, need_weights=True)
+        split += heads_split_the_relationships(head_relation_scores(weights, batch.marker_pos))
+    assert split >= 7, f"only {split} of 10 seeds gave each relationship its own head"
 
 
 def test_head_relation_scores_on_hand_made_weights():
