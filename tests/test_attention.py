@@ -119,6 +119,47 @@ def test_fully_masked_rows_paths_agree_with_gradients(dtype):
         assert relative_error(fast, slow) <= tol
 
 
+def test_float16_fully_masked_rows_have_finite_gradients_on_the_teaching_path():
+    """score + finfo.min would be -inf in float16 for scores below -16; the bias is finfo.min / 2."""
+    q = torch.full((1, 2, 4), 3.0, dtype=torch.float16, requires_grad=True)
+    k = torch.full((1, 3, 4), -3.0, dtype=torch.float16, requires_grad=True)  # every score: -18
+    v = torch.randn(1, 3, 4).half().requires_grad_()
+    mask = torch.tensor([[[True, True, False], [False, False, False]]])  # query 1: no key
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    out.float().sum().backward()
+    assert (out[0, 1] == 0).all() and (weights[0, 1] == 0).all()
+    assert torch.allclose(weights[0, 0].float(), torch.tensor([0.5, 0.5, 0.0]))
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_empty_batch_and_no_keys_give_empty_or_zero_outputs(fast):
+    q = torch.randn(0, 4, 5, 8)
+    out, _ = scaled_dot_product_attention(q, q, q, fast=fast)
+    assert out.shape == (0, 4, 5, 8)
+    q, k, v = torch.randn(2, 5, 8), torch.randn(2, 0, 8), torch.randn(2, 0, 3)
+    out, _ = scaled_dot_product_attention(q, k, v, fast=fast)
+    assert out.shape == (2, 5, 3) and (out == 0).all()
+
+
+def test_fast_path_zeroes_fully_masked_rows_even_if_the_kernel_returns_nan(monkeypatch):
+    """Some kernels (e.g. on some GPUs) give NaN for a row with no allowed key; ours must not."""
+    def nan_on_empty_rows(q, k, v, attn_mask=None, **kwargs):  # plain -inf masking: 0/0 on such rows
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        return torch.softmax(scores, dim=-1) @ v
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", nan_on_empty_rows)
+    q = torch.randn(2, 3, 4, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, :, 1] = False
+    out, _ = scaled_dot_product_attention(q, q, q, mask, fast=True)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and (out[0, :, 1] == 0).all()
+    assert torch.isfinite(q.grad).all()
+
+
 def test_causal_mask():
     assert causal_mask(3).int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     # Two new queries over five keys (three cached): the queries are positions 3 and 4.

@@ -389,3 +389,26 @@ def test_load_from_torch_accepts_sequence_first_modules():
     seq_first = x.transpose(0, 1)
     expected = theirs(seq_first, seq_first, seq_first)[0].transpose(0, 1)
     assert rel_err(ours(x)[0], expected) <= 1e-10
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_the_module_takes_the_path_it_is_asked_for(monkeypatch, fast, need_weights):
+    """fast=True uses PyTorch's kernel unless weights are wanted; need_weights reaches attention."""
+    from torch.nn import functional as F
+
+    from transformer_lesson import multihead
+
+    kernel_calls, seen = [], []
+    real_kernel, real_attention = F.scaled_dot_product_attention, multihead.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: kernel_calls.append(1) or real_kernel(*a, **k))
+    monkeypatch.setattr(multihead, "scaled_dot_product_attention",
+                        lambda *a, **k: seen.append(k["need_weights"]) or real_attention(*a, **k))
+    mha = MultiHeadAttention(16, 4, fast=fast)
+    x = torch.randn(2, 5, 16)
+    out, weights = mha(x, mask=padding_mask(torch.ones(2, 5, dtype=torch.bool)), need_weights=need_weights)
+    assert out.shape == (2, 5, 16)
+    assert (weights is not None) == need_weights
+    assert seen == [need_weights]
+    assert bool(kernel_calls) == (fast and not need_weights)

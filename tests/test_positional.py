@@ -85,6 +85,7 @@ def test_modules_add_positions_and_respect_offset():
     learned = LearnedPositionalEmbedding(8, 10)  # (d_model, max_len), like the sinusoidal one
     assert learned.embedding.weight.shape == (10, 8)
     assert torch.equal(learned(x), learned.embedding.weight[:5].expand(2, 5, 8))
+    assert torch.equal(learned(x[:, :2], offset=3)[0], learned.embedding.weight[3:5])
     assert sum(p.numel() for p in learned.parameters()) == 80
 
 

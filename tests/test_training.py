@@ -285,6 +285,36 @@ def test_progress_bar_knows_its_total_in_epoch_mode(capsys):
     assert "14/14" in capsys.readouterr().err
 
 
+def test_corpus_batches_know_their_number_so_the_bar_has_a_total(capsys):
+    """``TranslationData.batches`` is an iterator with a length: the lessons' progress bars show a total."""
+    from transformer_lesson.batching import TranslationData, token_budget_batches
+
+    pairs = [("a " * (1 + i % 7), "b " * (1 + i % 5)) for i in range(60)]
+    tok = _CharTokenizer()
+    data = TranslationData(pairs, tok)
+    epoch = data.batches(max_tokens=40, seed=3)
+    expected = token_budget_batches(data.lengths(), 40, True, 3)
+    assert len(epoch) == len(expected) > 1
+    first = next(epoch)  # the lessons call next() on it to peek at one batch
+    assert len(first) == len(expected[0]) and len(epoch) == len(expected)
+    assert 1 + sum(1 for _ in epoch) == len(expected)
+
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(config(vocab_size=tok.vocab_size))
+    trainer = Trainer(model, torch.optim.Adam(model.parameters()), "cpu", progress=True)
+    trainer.fit(lambda e: data.batches(max_tokens=40, seed=e), epochs=2)
+    assert f"{2 * len(expected)}/{2 * len(expected)}" in capsys.readouterr().err
+
+
+class _CharTokenizer:
+    """Just enough of the course tokenizer for TranslationData: one id per character."""
+
+    vocab_size = 8
+
+    def encode_batch(self, texts, bos=False, eos=False):
+        return [[1] * bos + [4 + "ab ".index(c) for c in text] + [2] * eos for text in texts]
+
+
 def test_distributed_wrapper_is_unwrapped_for_saving_and_evaluation(tmp_path, monkeypatch):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -316,3 +346,36 @@ def test_distributed_wrapper_is_unwrapped_for_saving_and_evaluation(tmp_path, mo
         assert not other.exists() and history.evals == [] and len(history.losses) == 2
     finally:
         dist.destroy_process_group()
+
+
+def test_rng_state_round_trips_for_python_numpy_and_torch():
+    import random
+
+    import numpy as np
+
+    from transformer_lesson.training import get_rng_state, set_rng_state
+
+    state = get_rng_state()
+    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), np.random.randn(), torch.rand(1).item()) == first
+
+
+class _OnAccelerator(torch.Tensor):
+    """Acts like a tensor on a GPU: refuses ``.numpy()`` until moved with ``.cpu()``."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor)
+
+
+def test_rng_state_loaded_onto_a_gpu_can_be_restored():
+    """``Trainer.load`` maps a checkpoint to the training device, random states included."""
+    from transformer_lesson.training import get_rng_state, set_rng_state
+
+    state = get_rng_state()
+    state["numpy"]["keys"] = state["numpy"]["keys"].as_subclass(_OnAccelerator)
+    state["torch"] = state["torch"].as_subclass(_OnAccelerator)
+    set_rng_state(state)

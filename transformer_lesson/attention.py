@@ -141,6 +141,11 @@ def check_attention_inputs(
             )
 
 
+BLOCK_SCORES = 2**22
+"""How many (T_q, T_k) scores, all batch and head dimensions together, the teaching path computes
+at once; for more, it takes the queries a block of rows at a time (at least one row per block)."""
+
+
 def scaled_dot_product_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -180,28 +185,28 @@ def scaled_dot_product_attention(
 
     if is_causal:
         mask = _with_causal(mask, t_q, t_k, queries.device)
+    # Rows with no key to attend to get zeros. Asked once per call: on a GPU, reading the answer
+    # waits for the device.
+    zero_empty_rows = mask is not None and not bool(mask.any(dim=-1).all())
     # A query's row of weights depends on that query alone, so the rows can be computed a block
-    # at a time, with the same numbers. Long sequences are: a block's scores hold at most
-    # BLOCK_SCORES numbers (16 MB in float32), which bounds the memory of the temporaries and, on
-    # CPU, is faster than one huge tensor (fresh memory of that size costs a page fault per 4 kB;
-    # see docs/benchmarks.md). Short sequences make one block: the whole matrix at once.
-    rows = max(1, BLOCK_SCORES // (math.prod(queries.shape[:-2]) * t_k))
+    # at a time, with the same numbers. Long sequences are: a block's scores hold about
+    # BLOCK_SCORES numbers (16 MB in float32; never less than one row), which bounds the memory of
+    # the temporaries and, on CPU, is faster than one huge tensor (fresh memory of that size costs
+    # a page fault per 4 kB; see docs/benchmarks.md). Short sequences make one block.
+    scores_per_row = max(1, math.prod(queries.shape[:-2]) * t_k)  # one query, every batch and head
+    rows = max(1, BLOCK_SCORES // scores_per_row)
     if rows >= t_q:
-        output, weights = _attention(queries, keys, values, mask, dropout_p)
+        output, weights = _attention(queries, keys, values, mask, dropout_p, zero_empty_rows)
         return output, weights if need_weights else None
     outputs, weights = [], []
     for first in range(0, t_q, rows):
         block_queries = queries[..., first : first + rows, :]  # (..., rows, d_k)
-        out, w = _attention(block_queries, keys, values, _query_rows(mask, first, rows), dropout_p)
+        block_mask = _query_rows(mask, first, rows)
+        out, w = _attention(block_queries, keys, values, block_mask, dropout_p, zero_empty_rows)
         outputs.append(out)
         weights.append(w if need_weights else None)
     output = torch.cat(outputs, dim=-2)  # (..., T_q, d_v)
     return output, torch.cat(weights, dim=-2) if need_weights else None
-
-
-BLOCK_SCORES = 2**22
-"""The most (T_q, T_k) scores, all batch and head dimensions together, computed at once by the
-teaching path; more than this and the queries are taken a block of rows at a time."""
 
 
 def _query_rows(mask, first, rows):
@@ -211,29 +216,27 @@ def _query_rows(mask, first, rows):
     return mask[..., first : first + rows, :]
 
 
-def _attention(queries, keys, values, mask, dropout_p):
+def _attention(queries, keys, values, mask, dropout_p, zero_empty_rows):
     """The teaching path for one block of query rows: returns (output, weights)."""
     d_k = queries.shape[-1]
     # Q K^T / sqrt(d_k), with the scale applied to Q: the same numbers, T_k times fewer divisions.
     scores = (queries / math.sqrt(d_k)) @ keys.transpose(-2, -1)  # (..., T_q, T_k)
     if mask is not None:
-        # The mask as an additive bias: 0 where a key may be attended, and the most negative
-        # finite number of the dtype, finfo.min, where it may not. Why finfo.min and not -inf:
-        # for a row with at least one allowed key the weights are the same (exp(min - max) is
-        # exactly 0), but a row with *no* allowed key becomes a finite, uniform softmax instead of
-        # 0/0 = NaN, so nothing is NaN forwards or backwards (such rows are zeroed below). Why not
-        # a constant like -1e9: it overflows to -inf in float16, while finfo.min fits every dtype.
-        # (In float16 a masked score below -16 still rounds to -inf; harmless unless a whole row
-        # is masked. Use the fast path for half precision.)
-        # Adding the bias in place is cheaper than masked_fill: no new (T_q, T_k) tensor, and the
-        # backward pass of an addition has nothing to compute.
+        # The mask as an additive bias: 0 where a key may be attended, and a huge negative number
+        # where it may not, half the most negative finite number of the dtype (finfo.min / 2).
+        # Why not -inf: for a row with at least one allowed key the weights are the same
+        # (exp(min/2 - max) is exactly 0), but a row with *no* allowed key becomes a finite softmax
+        # instead of 0/0 = NaN, so nothing is NaN forwards or backwards (such rows are zeroed
+        # below). Why half: score + finfo.min would overflow to -inf for any negative score, which
+        # in float16 (finfo.min = -65504) is a score of -16 or less. Why not a constant like -1e9:
+        # it is -inf in float16, while finfo.min / 2 fits every dtype.
+        # Adding the bias in place is cheaper than masked_fill: no new (T_q, T_k) tensor when the
+        # mask broadcasts (a padding mask), and the backward pass of an addition costs nothing.
         bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
-        scores += bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # mask-sized, cheap
+        scores += bias.masked_fill_(~mask, torch.finfo(scores.dtype).min / 2)  # the mask's size
     weights = torch.softmax(scores, dim=-1)  # normalise over the keys
-    if mask is not None:
-        has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1), mask-sized: cheap
-        if not has_key.all():  # some row has no key: its uniform weights become zeros
-            weights = weights.masked_fill(~has_key, 0.0)
+    if zero_empty_rows:  # some row has no key: its meaningless weights become zeros
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return dropped @ values, weights  # (..., T_q, d_v), (..., T_q, T_k)
 

@@ -155,7 +155,28 @@ class TranslationData:
     def batch(self, indices: Sequence[int]) -> Batch:
         return make_batch([self.sources[i] for i in indices], [self.targets[i] for i in indices])
 
-    def batches(self, max_tokens: int, shuffle: bool = True, seed: int = 0) -> Iterator[Batch]:
-        """One epoch of token-budget batches (pass a different ``seed`` each epoch)."""
-        for indices in token_budget_batches(self.lengths(), max_tokens, shuffle, seed):
-            yield self.batch(indices)
+    def batches(self, max_tokens: int, shuffle: bool = True, seed: int = 0) -> EpochBatches:
+        """One epoch of token-budget batches (pass a different ``seed`` each epoch).
+
+        An iterator, built batch by batch as it is consumed, that also knows how many batches
+        the epoch has (``len``), so that progress bars can show the total and the time left.
+        """
+        return EpochBatches(self, token_budget_batches(self.lengths(), max_tokens, shuffle, seed))
+
+
+class EpochBatches(Iterator[Batch]):
+    """The batches of one epoch, made on demand; ``len()`` is the epoch's number of batches."""
+
+    def __init__(self, data: TranslationData, index_lists: list[list[int]]):
+        self._data = data
+        self._index_lists = index_lists
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._index_lists)
+
+    def __next__(self) -> Batch:
+        if self._next >= len(self._index_lists):
+            raise StopIteration
+        self._next += 1
+        return self._data.batch(self._index_lists[self._next - 1])

@@ -244,7 +244,8 @@ def attention_heads_loop(
     values_in: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The same as ``mha(queries_in, keys_in, values_in, mask)[0]``, one head after another.
+    """The same as ``mha(queries_in, keys_in, values_in, mask)[0]`` in ``eval()`` mode (no
+    dropout), one head after another.
 
     Shown in lesson 05 only to be timed against the batched version: each head projects its own
     slice of W_q, W_k, W_v and runs its own attention, in a Python loop.

@@ -8,7 +8,8 @@ vector that depends on the position is added to each token's embedding.
   the position at geometrically spaced frequencies,
   ``PE[pos, 2i] = sin(pos * w_i)``, ``PE[pos, 2i+1] = cos(pos * w_i)``, ``w_i = base^(-2i/d_model)``.
   Moving by k positions rotates every (sin, cos) pair by the angle ``k * w_i``, so the dot product
-  of two encodings depends only on their distance. Nothing is learned, and any position can be
+  of two encodings depends only on their distance (for an even ``d_model``; an odd one ends with a
+  lone sine). Nothing is learned, and any position can be
   computed.
 * :class:`LearnedPositionalEmbedding`: one trained vector per position, as in BERT and GPT. As good
   in practice, but it knows nothing about positions beyond ``max_len``.

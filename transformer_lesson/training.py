@@ -114,7 +114,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    keys = n["keys"].cpu().numpy().astype(np.uint32)  # .cpu(): Trainer.load maps checkpoints to the GPU
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
