@@ -3,7 +3,14 @@ import torch
 
 from transformer_lesson.batching import pad_sequences
 from transformer_lesson.checks.batching import check_pad_sequences
-from transformer_lesson.checks.core import CheckFailed, Mistake, check_against, compare, expect_shape
+from transformer_lesson.checks.core import (
+    CheckFailed,
+    Mistake,
+    check_against,
+    compare,
+    expect_shape,
+    explain_crashes,
+)
 
 
 def test_expect_shape_names_the_wrong_dimension():
@@ -76,13 +83,17 @@ def test_pad_exercise_accepts_the_reference():
         (lambda s, p: tuple(t.flip(1) for t in pad_sequences([x[::-1] for x in s], p)), "padding is on the left"),
         (lambda s, p: tuple(t.T for t in pad_sequences(s, p)), "look swapped"),
         (lambda s, p: (pad_sequences(s, p)[0], pad_sequences(s, p)[1].long()), "boolean tensor"),
+        (lambda s, p: (pad_sequences(s, p)[0], pad_sequences(s, p)[1].float()), "boolean tensor"),
         (lambda s, p: (pad_sequences(s, p)[0].int(), pad_sequences(s, p)[1]), "dtype torch.int32"),
         (lambda s, p: pad_sequences(s, p)[0], "should return 2 values"),
     ],
 )
 def test_pad_exercise_diagnoses_common_mistakes(wrong, message):
-    with pytest.raises(CheckFailed, match=message):
+    with pytest.raises(CheckFailed, match=message) as failure:
         check_pad_sequences(wrong)
+    if "boolean" in message:  # only the dtype is wrong: no mistake and no swapped outputs to name
+        assert "Likely cause" not in str(failure.value)
+        assert "check the order" not in str(failure.value)
 
 
 def _first_length_answer(sequences, pad_id):
@@ -117,6 +128,54 @@ def _mutating_answer(sequences, pad_id):
 def test_pad_exercise_more_mistakes(wrong, message):
     with pytest.raises(CheckFailed, match=message):
         check_pad_sequences(wrong)
+
+
+def test_pad_exercise_explains_a_crash():
+    def ragged(sequences, pad_id):
+        ids = torch.tensor(sequences)  # fails: the rows have different lengths
+        return ids, ids != pad_id
+
+    with pytest.raises(CheckFailed, match=r"(?s)pad_sequences raised ValueError:\n.*torch.full\(\(batch, longest\)"):
+        check_pad_sequences(ragged)
+
+
+def test_a_mistake_that_agrees_with_the_reference_is_not_named():
+    # The mistake's output is within tolerance of the reference here, so it cannot be the bug,
+    # even though the (wrong) answer is within tolerance of the mistake too.
+    reference = lambda x: torch.zeros_like(x)
+    harmless = Mistake("never the cause", lambda x: torch.full_like(x, 0.8e-5))
+    answer = lambda x: torch.full_like(x, 1.6e-5)
+    with pytest.raises(CheckFailed) as failure:
+        check_against(answer, reference, lambda g: {"x": torch.randn(3, generator=g)}, name="f",
+                      mistakes=[harmless])
+    assert "Likely cause" not in str(failure.value)
+
+
+def test_mistakes_and_order_hints_need_the_same_dtype():
+    reference = lambda x: (x.long(), x > 0)
+    float_mask = Mistake("never the cause", lambda x: (x.long(), (x > 0).float()))
+    answer = lambda x: (x.long(), (x > 0).long())  # the mistake's values, but another dtype
+    make = lambda g: {"x": torch.randint(-3, 3, (8,), generator=g).float()}
+    with pytest.raises(CheckFailed, match="should be a boolean tensor") as failure:
+        check_against(answer, reference, make, name="f", mistakes=[float_mask])
+    assert "Likely cause" not in str(failure.value) and "check the order" not in str(failure.value)
+    with pytest.raises(CheckFailed, match="check the order of the values you return"):
+        check_against(lambda x: reference(x)[::-1], reference, make, name="f")
+
+
+def test_crash_hints_for_index_errors_only_when_an_index_is_out_of_range():
+    def crash(error):
+        def student(x):
+            raise error
+        return explain_crashes(student, "f", index_hint="off by one?")
+
+    with pytest.raises(CheckFailed, match="off by one"):
+        crash(IndexError("index 5 is out of bounds for dimension 1 with size 5"))(torch.zeros(2))
+    for message in ("tensors used as indices must be long, int, byte or bool tensors",
+                    "Dimension out of range (expected to be in range of [-2, 1], but got 2)"):
+        with pytest.raises(CheckFailed, match="raised IndexError on inputs \\(2,\\)") as failure:
+            crash(IndexError(message))(torch.zeros(2))
+        assert "off by one" not in str(failure.value)
 
 
 def test_failure_message_shows_the_failing_input():

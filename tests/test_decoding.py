@@ -133,10 +133,58 @@ def _removes_every_eos(model, src, src_mask, max_len):
     return [[t for t in r if t != EOS_ID] for r in torch.stack(rows, 1).tolist()]
 
 
+def _stops_when_any_sentence_ends(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    steps = []
+    for _ in range(max_len):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(dim=-1)
+        steps.append(last)
+        if (last == EOS_ID).any():  # should be: once every sentence has finished
+            break
+    rows = torch.stack(steps, dim=1).tolist()
+    return [r[: r.index(EOS_ID)] if EOS_ID in r else r for r in rows]
+
+
+def _checks_eos_before_storing(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    out = [[] for _ in range(src.shape[0])]
+    for _ in range(max_len):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(dim=-1)
+        if (last == EOS_ID).any():
+            break
+        for row, token in zip(out, last.tolist(), strict=True):
+            row.append(token)
+    return out
+
+
+def _keeps_eos(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    out = [[] for _ in range(src.shape[0])]
+    done = [False] * src.shape[0]
+    for _ in range(max_len):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(dim=-1)
+        for i, token in enumerate(last.tolist()):
+            if not done[i]:
+                out[i].append(token)  # appended before looking at it: <eos> stays in
+                done[i] = token == EOS_ID
+        if all(done):
+            break
+    return out
+
+
 @pytest.mark.parametrize("wrong, cause", [
     (_never_updates_state, "state is not updated"),
     (_one_step_short, "range(max_len - 1)"),
     (_removes_every_eos, "every <eos> was removed"),
+    (_stops_when_any_sentence_ends, "the whole batch stopped"),
+    (_checks_eos_before_storing, "the whole batch stopped"),
+    (_keeps_eos, "<eos> is included"),
 ])
 def test_check_fails_answers_written_the_wrong_way(wrong, cause):
     with pytest.raises(CheckFailed, match="Likely cause") as failure:
@@ -157,3 +205,16 @@ def test_check_leaves_the_global_random_state_alone():
     before = torch.get_rng_state()
     check_greedy_decode(greedy_decode)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_check_explains_last_tokens_of_the_wrong_shape():
+    def argmax_over_batch(model, src, src_mask, max_len):
+        state = model.start_decoding(src, src_mask)
+        last = torch.full((src.shape[0],), BOS_ID)
+        for _ in range(max_len):
+            logits, state = model.decode_step(state, last)
+            last = logits.argmax(0)  # (V,): the best sentence for each word
+        return []
+
+    with pytest.raises(CheckFailed, match=r"(?s)raised ValueError.*last_tokens should be \(batch,\).*argmax\(dim=-1\)"):
+        check_greedy_decode(argmax_over_batch)

@@ -77,6 +77,57 @@ def test_forward_check_names_each_mistake(mistake):
     assert mistake.advice in str(failure.value)
 
 
+def _hh_untransposed(x, h, W_ih, W_hh, b_ih, b_hh):
+    return torch.tanh(nn.functional.linear(x, W_ih, b_ih) + h @ W_hh + b_hh)
+
+
+def _both_untransposed(x, h, W_ih, W_hh, b_ih, b_hh):
+    return torch.tanh(x @ W_ih + h @ W_hh + b_ih + b_hh)
+
+
+def _no_tanh(x, h, W_ih, W_hh, b_ih, b_hh):
+    return nn.functional.linear(x, W_ih, b_ih) + nn.functional.linear(h, W_hh, b_hh)
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (_hh_untransposed, "W_hh is not transposed"),
+    (_both_untransposed, "the weights are not transposed"),
+    (_no_tanh, "the tanh is missing"),
+])
+def test_cell_check_names_answers_written_the_wrong_way(wrong, cause):
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_rnn_cell(wrong)
+    message = str(failure.value)
+    assert cause in message
+    assert message.count("Likely cause") == 1
+
+
+def _state_before_the_step(inputs, h0, W_ih, W_hh, b_ih, b_hh):
+    h, outputs = h0, []
+    for t in range(inputs.shape[1]):
+        outputs.append(h)  # stored before the update
+        h = rnn_cell(inputs[:, t], h, W_ih, W_hh, b_ih, b_hh)
+    return torch.stack(outputs, dim=1), h
+
+
+def _always_from_h0(inputs, h0, W_ih, W_hh, b_ih, b_hh):
+    outputs = []
+    for t in range(inputs.shape[1]):
+        h = rnn_cell(inputs[:, t], h0, W_ih, W_hh, b_ih, b_hh)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), h
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (_state_before_the_step, "not before"),
+    (_always_from_h0, "every step starts from h0"),
+])
+def test_forward_check_names_answers_written_the_wrong_way(wrong, cause):
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_rnn_forward(wrong)
+    assert cause in str(failure.value)
+
+
 def test_forward_check_says_which_dimensions_are_swapped():
     def time_first(inputs, h0, W_ih, W_hh, b_ih, b_hh):
         outputs, h_last = rnn_forward(inputs, h0, W_ih, W_hh, b_ih, b_hh)

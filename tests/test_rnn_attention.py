@@ -1,5 +1,7 @@
 """Lesson 03: additive attention, the attention decoder, and that attention helps on long inputs."""
 
+import re
+
 import pytest
 import torch
 
@@ -91,3 +93,35 @@ def test_check_names_masking_slips(fill, cause):
     with pytest.raises(CheckFailed, match="Likely cause") as failure:
         check_additive_attention(wrong)
     assert cause in str(failure.value)
+
+
+def _weights_masked_after_softmax(query, keys, mask, W_query, W_key, v):
+    scores = torch.tanh((query @ W_query.T).unsqueeze(1) + keys @ W_key.T) @ v
+    weights = torch.softmax(scores, dim=-1).masked_fill(~mask, 0.0)
+    return torch.bmm(weights.unsqueeze(1), keys).squeeze(1), weights
+
+
+def _softmax_over_dim_0(query, keys, mask, W_query, W_key, v):
+    scores = torch.tanh((query @ W_query.T).unsqueeze(1) + keys @ W_key.T) @ v
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=0)
+    return torch.bmm(weights.unsqueeze(1), keys).squeeze(1), weights
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (_weights_masked_after_softmax, "mask was applied after the softmax"),
+    (_softmax_over_dim_0, "softmax runs over the batch"),
+])
+def test_check_names_answers_written_the_wrong_way(wrong, cause):
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_additive_attention(wrong)
+    assert cause in str(failure.value)
+
+
+def test_decode_step_refuses_last_tokens_of_the_wrong_shape():
+    model = AttentionGRUSeq2Seq(Seq2SeqConfig(vocab_size=12, d_embed=8, d_hidden=16, d_attention=8)).eval()
+    state = model.start_decoding(*pad_sequences([[4, 5], [6, 7], [8, 9]]))
+    logits, state = model.decode_step(state, torch.tensor([1, 1, 1]))
+    for last in (logits.argmax(0), logits.argmax(-1, keepdim=True)):
+        expected = f"last_tokens should be (batch,) = (3,), got {tuple(last.shape)}"
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            model.decode_step(state, last)

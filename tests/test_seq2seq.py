@@ -1,9 +1,11 @@
 """Lesson 02: the GRU encoder-decoder, its exercise checks, and that it learns the reverse task."""
 
+import re
 import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from transformer_lesson.batching import pad_sequences
 from transformer_lesson.checks.core import CheckFailed
@@ -100,6 +102,48 @@ def test_off_by_one_index_error_gets_the_off_by_one_hint():
 
     with pytest.raises(CheckFailed, match=r"(?s)raised IndexError.*off by one.*src_mask.sum\(1\) - 1"):
         check_last_real_state(off_by_one)
+
+
+def test_a_float_index_gets_no_off_by_one_hint():
+    def float_index(outputs, src_mask):
+        last = src_mask.float().sum(1) - 1  # float indices: IndexError, but not out of range
+        return outputs[torch.arange(outputs.shape[0]), last]
+
+    with pytest.raises(CheckFailed, match="must be long, int") as failure:
+        check_last_real_state(float_index)
+    assert "off by one" not in str(failure.value)
+
+
+def test_last_state_check_names_a_loop_over_the_last_position():
+    def last_column(outputs, src_mask):
+        return torch.stack([outputs[b, outputs.shape[1] - 1] for b in range(outputs.shape[0])])
+
+    with pytest.raises(CheckFailed, match=r"Likely cause: outputs\[:, -1\] is the state after the \*padding\*"):
+        check_last_real_state(last_column)
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (lambda logits, targets, mask: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)),
+     "padding is counted"),
+    (lambda logits, targets, mask: (F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                    reduction="none") * mask.reshape(-1)).mean(),
+     "padding is in the denominator"),
+])
+def test_loss_check_names_answers_written_the_wrong_way(wrong, cause):
+    with pytest.raises(CheckFailed, match="Likely cause") as failure:
+        check_sequence_loss(wrong)
+    assert cause in str(failure.value)
+
+
+@pytest.mark.parametrize("wrong_shape", ["argmax over the batch", "(B, 1)"])
+def test_decode_step_refuses_last_tokens_of_the_wrong_shape(wrong_shape):
+    model = GRUSeq2Seq(small_config()).eval()
+    state = model.start_decoding(*pad_sequences([[4, 5], [6, 7], [8, 9]]))
+    logits, state = model.decode_step(state, torch.tensor([1, 1, 1]))
+    last = logits.argmax(0) if wrong_shape == "argmax over the batch" else logits.argmax(-1, keepdim=True)
+    expected = re.escape(f"last_tokens should be (batch,) = (3,), got {tuple(last.shape)}: take logits.argmax(dim=-1).")
+    with pytest.raises(ValueError, match=expected):
+        model.decode_step(state, last)
 
 
 def test_loss_check_names_nll_loss_on_raw_logits():

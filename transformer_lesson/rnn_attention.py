@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .seq2seq import GRUEncoder, Seq2SeqConfig, expect_batch_first_hidden
+from .seq2seq import GRUEncoder, Seq2SeqConfig, expect_batch_first_hidden, expect_last_tokens
 
 
 def additive_attention(
@@ -129,7 +129,9 @@ class AttentionGRUSeq2Seq(nn.Module):
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``last_tokens`` (B,) -> logits (B, V), and the new state (with this step's ``weights``)."""
         hidden = state["hidden"]
-        expect_batch_first_hidden(hidden, last_tokens.shape[0], 1, self.config.d_hidden)
+        batch = state["src_mask"].shape[0]
+        expect_last_tokens(last_tokens, batch)
+        expect_batch_first_hidden(hidden, batch, 1, self.config.d_hidden)
         logits, new_hidden, weights = self.decoder.step(
             last_tokens, hidden[:, 0], state["memory"], state["keys"], state["src_mask"])
         return logits, {**state, "hidden": new_hidden[:, None, :], "weights": weights}

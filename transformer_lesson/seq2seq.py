@@ -70,6 +70,19 @@ def expect_batch_first_hidden(hidden: torch.Tensor, batch: int, layers: int, siz
                      f"got {tuple(hidden.shape)}.{hint}")
 
 
+def expect_last_tokens(last_tokens: torch.Tensor, batch: int) -> None:
+    """Raise a ``ValueError`` unless ``last_tokens`` is a (batch,) tensor of token ids, as ``decode_step`` needs."""
+    if not isinstance(last_tokens, torch.Tensor):
+        raise ValueError(f"last_tokens should be a (batch,) = ({batch},) tensor of token ids, got a "
+                         f"{type(last_tokens).__name__}: take logits.argmax(dim=-1).")
+    if tuple(last_tokens.shape) != (batch,):
+        raise ValueError(f"last_tokens should be (batch,) = ({batch},), got {tuple(last_tokens.shape)}: "
+                         f"take logits.argmax(dim=-1).")
+    if last_tokens.is_floating_point() or last_tokens.dtype == torch.bool:
+        raise ValueError(f"last_tokens should hold token ids (integers), got dtype {last_tokens.dtype}: "
+                         f"take logits.argmax(dim=-1).")
+
+
 class GRUEncoder(nn.Module):
     """Embeds the source and runs a GRU over it, skipping padding.
 
@@ -152,6 +165,7 @@ class GRUSeq2Seq(nn.Module):
     def decode_step(self, state: dict[str, torch.Tensor], last_tokens: torch.Tensor
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``last_tokens`` (B,) -> logits (B, V) for the next token, and the new state."""
+        expect_last_tokens(last_tokens, state["context"].shape[0])
         logits, hidden = self.decoder(last_tokens[:, None], state["hidden"], state["context"])
         return logits[:, 0], {**state, "hidden": hidden}
 

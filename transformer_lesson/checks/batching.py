@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..batching import pad_sequences
-from .core import Mistake, check_against
+from .core import Mistake, check_against, explain_crashes
 
 
 def _random_sequences(generator: torch.Generator) -> dict:
@@ -56,7 +56,9 @@ PAD_MISTAKES = (
 def check_pad_sequences(student_fn, trials: int = 6) -> None:
     """Check a student's ``pad_sequences(sequences, pad_id) -> (ids, mask)``."""
     check_against(
-        student_fn,
+        explain_crashes(student_fn, "pad_sequences",
+                        "Sequences have different lengths: fill a torch.full((batch, longest), pad_id) "
+                        "tensor row by row."),
         pad_sequences,
         _random_sequences,
         name="pad_sequences",

@@ -140,35 +140,23 @@ def _compare_token_list(name: str, actual: Any, expected: list[int]) -> None:
 
 
 def _close(actual: Any, expected: Any, atol: float, rtol: float) -> bool:
-    """True when every part of ``actual`` matches ``expected`` (same structure, shape, values)."""
+    """True when :func:`compare` would accept ``actual``: same structure, shapes, dtypes and values.
+
+    Dtypes count as they do there: a mask of 0/1 ints or floats is not close to a boolean mask,
+    nor an int32 tensor to an int64 one; floating-point tensors of any precision are compared by value.
+    """
     try:
-        leaves = _leaves(actual, expected, "x")
+        for leaf_name, a, e in _leaves(actual, expected, "x"):
+            _compare_leaf(leaf_name, a, e, None, atol, rtol)
     except CheckFailed:
         return False
-    for _, a, e in leaves:
-        if _is_token_list(e):
-            if not isinstance(a, list | tuple) or list(a) != e:
-                return False
-        elif isinstance(e, torch.Tensor):
-            if not isinstance(a, torch.Tensor) or a.shape != e.shape:
-                return False
-            if a.dtype == torch.bool or e.dtype == torch.bool:
-                if not torch.equal(a.bool(), e.bool()):
-                    return False
-            elif not torch.allclose(a.detach().to(e.dtype), e, atol=atol, rtol=rtol, equal_nan=True):
-                return False
-        elif a != e:
-            return False
     return True
 
 
-def _order_hint(leaf_name: str, actual: Any, leaves: list[tuple[str, Any, Any]]) -> str:
-    """A hint when a returned value looks like another expected one (values in the wrong order)."""
-    if not isinstance(actual, torch.Tensor):
-        return ""
+def _order_hint(leaf_name: str, actual: Any, leaves: list[tuple[str, Any, Any]], atol: float, rtol: float) -> str:
+    """A hint when a returned value equals another expected one (values returned in the wrong order)."""
     for other_name, _, e in leaves:
-        if other_name != leaf_name and isinstance(e, torch.Tensor) and e.dtype == actual.dtype \
-                and e.shape == actual.shape:
+        if other_name != leaf_name and _close(actual, e, atol, rtol):
             return f"\n  {leaf_name} looks like {other_name} should: check the order of the values you return."
     return ""
 
@@ -191,7 +179,7 @@ def compare(
         try:
             _compare_leaf(leaf_name, a, e, dims, atol, rtol)
         except CheckFailed as failure:
-            raise CheckFailed(f"{failure}{_order_hint(leaf_name, a, leaves)}") from None
+            raise CheckFailed(f"{failure}{_order_hint(leaf_name, a, leaves, atol, rtol)}") from None
 
 
 def _compare_leaf(leaf_name, a, e, dims, atol, rtol) -> None:
@@ -250,7 +238,7 @@ def explain_crashes(
     """Wrap ``student`` so that a crash inside it becomes a :class:`CheckFailed` that says what to look at.
 
     The message names the error and the input shapes, then adds ``hint``; ``index_hint`` when the
-    crash is an IndexError (nearly always an off-by-one here); and whatever ``hint_for(error)``
+    crash is an index out of range (nearly always an off-by-one here); and whatever ``hint_for(error)``
     returns for this particular error. ``NotImplementedError`` (an exercise not done yet) passes
     through unchanged, or, with ``explain_not_implemented``, becomes a CheckFailed saying so.
     """
@@ -267,13 +255,21 @@ def explain_crashes(
             raise
         except (RuntimeError, IndexError, ValueError, TypeError) as error:
             shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
-            extra = f"\n{index_hint}" if index_hint and isinstance(error, IndexError) else ""
+            extra = f"\n{index_hint}" if index_hint and _index_out_of_range(error) else ""
             extra += hint_for(error) if hint_for is not None else ""
             tail = f"\n{hint}" if hint else ""
-            raise CheckFailed(f"{name} raised {type(error).__name__} on inputs {shapes}:\n  "
-                              f"{error}{extra}{tail}") from None
+            where = f" on inputs {shapes}" if shapes else ""
+            raise CheckFailed(f"{name} raised {type(error).__name__}{where}:\n  {error}{extra}{tail}") from None
 
     return guarded
+
+
+def _index_out_of_range(error: Exception) -> bool:
+    """An IndexError for an index past the end ("index 5 is out of bounds", "list index out of range"),
+    not for a dimension that does not exist or an index tensor of the wrong dtype."""
+    message = str(error).lower()
+    return isinstance(error, IndexError) and "dimension out of range" not in message \
+        and ("out of bounds" in message or "out of range" in message)
 
 
 @dataclass(frozen=True)
@@ -362,8 +358,8 @@ def check_against(
                     buggy = mistake.implementation(*_clone_inputs(inputs).values())
                 except Exception:  # a mistake that cannot run on these inputs is not the one
                     continue
-                if not _close(actual, buggy, atol, rtol):
-                    continue
+                if _close(buggy, expected, atol, rtol) or not _close(actual, buggy, atol, rtol):
+                    continue  # harmless on these inputs (it matches the reference), or not this answer's bug
                 if confirm_mistakes and not _matches_again(
                     student, reference, make_inputs, generator, mistake, atol, rtol
                 ):

@@ -54,6 +54,12 @@ CELL_MISTAKES = (
     Mistake("the weights are not transposed: nn.RNNCell stores W_ih as (hidden, input), so the "
             "product is x @ W_ih.T (or F.linear(x, W_ih, b_ih)).",
             lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih + b_ih + h @ W_hh + b_hh)),
+    Mistake("W_hh is not transposed: use h @ W_hh.T. (W_hh is square, so h @ W_hh runs but "
+            "computes something else.)",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih.T + b_ih + h @ W_hh + b_hh)),
+    Mistake("W_ih is not transposed: use x @ W_ih.T. (x @ W_ih only runs when the input size equals "
+            "the hidden size.)",
+            lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih + b_ih + h @ W_hh.T + b_hh)),
     Mistake("a bias is missing: nn.RNNCell adds both b_ih and b_hh.",
             lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.tanh(x @ W_ih.T + b_ih + h @ W_hh.T)),
     Mistake("a bias is missing: nn.RNNCell adds both b_ih and b_hh.",

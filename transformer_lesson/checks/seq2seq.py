@@ -196,11 +196,17 @@ def _drop_every_eos(model, src, src_mask, max_len):
     return [[t for t in row if t != EOS_ID] for row in _decode_without_stopping(model, src, src_mask, max_len).tolist()]
 
 
-def _stop_at_first_finisher(model, src, src_mask, max_len):
+def _stop_at_first_finisher(model, src, src_mask, max_len, after: bool = True):
+    """``if (last == EOS).any(): break``, placed after (``after``) or before storing the step's tokens."""
     rows = _decode_without_stopping(model, src, src_mask, max_len)
     done = (rows == EOS_ID).any(0).nonzero()
-    cut = int(done[0]) if len(done) else max_len
-    return [[t for t in row[:cut] if t != EOS_ID] for row in rows.tolist()]
+    cut = int(done[0]) + int(after) if len(done) else max_len
+    rows = rows[:, :cut].tolist()
+    return [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in rows]
+
+
+def _stop_before_storing_first_eos(model, src, src_mask, max_len):
+    return _stop_at_first_finisher(model, src, src_mask, max_len, after=False)
 
 
 def _with_bos(model, src, src_mask, max_len):
@@ -223,6 +229,10 @@ def _one_step_short(model, src, src_mask, max_len):
     return greedy_decode(model, src, src_mask, max_len - 1)
 
 
+_STOPPED_EARLY = ("the whole batch stopped as soon as one sentence produced <eos> (as with "
+                  "`if (last == EOS).any(): break`). Keep going until every sentence has produced <eos> "
+                  "or max_len is reached.")
+
 DECODE_MISTAKES = (
     Mistake("<eos> is included: cut each sentence just before its first <eos>.", _keep_eos),
     Mistake("the sentences do not stop at <eos>: everything after the first <eos> must be dropped.",
@@ -230,8 +240,8 @@ DECODE_MISTAKES = (
     Mistake("every <eos> was removed, but the words after the first one were kept: cut each "
             "sentence at its first <eos> (row[:row.index(EOS)]) instead of filtering out <eos>.",
             _drop_every_eos),
-    Mistake("the whole batch stopped when the first sentence finished; keep going until every "
-            "sentence has produced <eos> (or max_len is reached).", _stop_at_first_finisher),
+    Mistake(_STOPPED_EARLY, _stop_at_first_finisher),
+    Mistake(_STOPPED_EARLY, _stop_before_storing_first_eos),
     Mistake("<bos> is included: it is the decoder's first input, not part of the translation.", _with_bos),
     Mistake("the decoder state is not updated: decode_step returns (logits, new_state), and the "
             "next step must get new_state (`logits, state = model.decode_step(state, last)`).",
