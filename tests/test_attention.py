@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from transformer_lesson.attention import causal_mask, padding_mask, scaled_dot_product_attention
 from transformer_lesson.checks.attention import (
     ATTENTION_MISTAKES,
+    _crash_hint,
     attention_inputs,
     check_attention,
 )
@@ -262,16 +263,51 @@ def test_check_names_each_mistake(name):
     assert f"Likely cause: {mistake.advice}" in str(failure.value)
 
 
-def test_check_explains_a_crash():
-    def wrong_transpose(queries, keys, values, mask=None):
-        scores = queries @ keys.transpose(1, 2) / queries.shape[-1] ** 0.5  # wrong for 4-D inputs
+def _attention_with(scores_of, mask_of=lambda mask: mask):
+    """A right answer but for the scores (``scores_of(queries, keys)``) or the mask used in masked_fill."""
+    def attention(queries, keys, values, mask=None):
+        scores = scores_of(queries, keys) / queries.shape[-1] ** 0.5
         if mask is not None:
+            scores = scores.masked_fill(~mask_of(mask), float("-inf"))
+        weights = scores.softmax(-1)
+        return weights @ values, weights
+    return attention
+
+
+@pytest.mark.parametrize("scores_of", [
+    lambda q, k: q @ k.transpose(1, 2),  # wrong for 4-D inputs: a broadcast error
+    lambda q, k: q @ k,  # no transpose: a matmul error
+    lambda q, k: torch.matmul(q, k.transpose(0, 1)),
+])
+def test_check_explains_a_crash_in_the_product(scores_of):
+    with pytest.raises(CheckFailed, match="keys were not transposed") as failure:
+        check_attention(_attention_with(scores_of), quiet=True)
+    assert "keys.transpose(-2, -1)" in str(failure.value) and "the mask" not in str(failure.value)
+
+
+def test_check_blames_a_mask_that_does_not_broadcast_on_the_mask():
+    transposed_mask = _attention_with(lambda q, k: q @ k.transpose(-2, -1), lambda mask: mask.transpose(-2, -1))
+    with pytest.raises(CheckFailed, match="the mask does not broadcast against your scores") as failure:
+        check_attention(transposed_mask, quiet=True)
+    assert "keys were not transposed" not in str(failure.value)
+
+
+def test_crash_hint_without_the_source_line_names_both_causes():
+    error = RuntimeError("The size of tensor a (4) must match the size of tensor b (6) at non-singleton dimension 2")
+    assert "Either the keys were transposed on the wrong dimensions" in _crash_hint(error)
+    assert _crash_hint(RuntimeError("expected scalar type Float but found Double")) == ""
+
+
+def test_check_explains_if_mask():
+    def attention(queries, keys, values, mask=None):
+        scores = queries @ keys.transpose(-2, -1) / queries.shape[-1] ** 0.5
+        if mask:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = scores.softmax(-1)
         return weights @ values, weights
 
-    with pytest.raises(CheckFailed, match="keys.transpose\\(-2, -1\\)"):
-        check_attention(wrong_transpose, quiet=True)
+    with pytest.raises(CheckFailed, match=r"Boolean value of Tensor.*\n.*write `if mask is not None:`"):
+        check_attention(attention, quiet=True)
 
 
 def test_check_inputs_vary():

@@ -163,6 +163,29 @@ def test_mistakes_and_order_hints_need_the_same_dtype():
         check_against(lambda x: reference(x)[::-1], reference, make, name="f")
 
 
+def test_mistakes_can_be_recognised_within_a_looser_tolerance():
+    make = lambda g: {"x": torch.randn(6, generator=g) + torch.randint(1, 6, (1,), generator=g)}
+    reference = lambda x: x.sin()
+    cosine = Mistake("cos instead of sin", lambda x: x.cos())
+    rounded = lambda x: x.cos() + 0.01  # the mistake, computed less precisely than the check does
+    for mistake_atol, named in ((None, False), (0.1, True)):
+        with pytest.raises(CheckFailed) as failure:
+            check_against(rounded, reference, make, name="f", mistakes=[cosine], confirm_mistakes=True,
+                          mistake_atol=mistake_atol)
+        assert ("Likely cause: cos instead of sin" in str(failure.value)) == named
+
+
+def test_a_loose_mistake_tolerance_names_only_answers_closer_to_the_mistake():
+    # The answer is within mistake_atol of this mistake, but closer to the reference: never named.
+    make = lambda g: {"x": torch.randn(6, generator=g)}
+    reference = lambda x: x.sin()
+    near = Mistake("never the cause", lambda x: x.sin() + 0.15)
+    with pytest.raises(CheckFailed) as failure:
+        check_against(lambda x: x.sin() + 0.05, reference, make, name="f", mistakes=[near],
+                      confirm_mistakes=True, mistake_atol=0.1)
+    assert "Likely cause" not in str(failure.value)
+
+
 def test_crash_hints_for_index_errors_only_when_an_index_is_out_of_range():
     def crash(error):
         def student(x):

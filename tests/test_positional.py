@@ -125,6 +125,58 @@ def test_check_names_each_mistake(name):
     assert f"Likely cause: {mistake.advice}" in str(failure.value)
 
 
+def _float32_table(frequency, *, start=0, degrees=False, swap=False, halves=False):
+    """A student's table in float32, from a frequency row ``frequency(d_model)`` of d_model/2 values."""
+    def table(max_len, d_model):
+        angle = torch.arange(start, start + max_len, dtype=torch.float32)[:, None] * frequency(d_model)
+        if degrees:
+            angle = torch.rad2deg(angle)
+        first, second = (torch.cos(angle), torch.sin(angle)) if swap else (torch.sin(angle), torch.cos(angle))
+        if halves:
+            return torch.cat([first, second], dim=1)
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2], pe[:, 1::2] = first, second
+        return pe
+    return table
+
+
+_two_i = lambda d: torch.arange(0, d, 2, dtype=torch.float32)  # noqa: E731
+_omega = lambda d: torch.exp(-_two_i(d) * math.log(10000.0) / d)  # noqa: E731
+
+FLOAT32_MISTAKES = {
+    "sin and cos swapped": _float32_table(_omega, swap=True),
+    "halves instead of interleaved": _float32_table(_omega, halves=True),
+    "exponent without the 2": _float32_table(lambda d: 10000 ** (-torch.arange(d // 2) / d)),
+    "exponent 4i": _float32_table(lambda d: 1 / 10000 ** (2 * _two_i(d) / d)),
+    "base 1000": _float32_table(lambda d: torch.exp(-_two_i(d) * math.log(1000.0) / d)),
+    "divided by d_model - 1": _float32_table(lambda d: 10000 ** (-_two_i(d) / (d - 1))),
+    "angles in degrees": _float32_table(_omega, degrees=True),
+    "integer division in the exponent": _float32_table(lambda d: 1 / 10000 ** (_two_i(d) // d)),
+    "positions from 1": _float32_table(_omega, start=1),
+    "multiplied by the power": _float32_table(lambda d: torch.exp(_two_i(d) * math.log(10000.0) / d)),
+}
+
+
+@pytest.mark.parametrize("name", list(SINUSOIDAL_MISTAKES))
+def test_check_names_each_mistake_in_a_float32_answer(name):
+    """Written like a student's, in float32: its large angles are off by hundredths, yet it is named."""
+    with pytest.raises(CheckFailed) as failure:
+        check_sinusoidal_encoding(FLOAT32_MISTAKES[name], quiet=True)
+    assert f"Likely cause: {SINUSOIDAL_MISTAKES[name].advice}" in str(failure.value)
+
+
+def test_check_explains_a_crash_in_the_broadcast():
+    def flat_positions(max_len, d_model):
+        angle = torch.arange(max_len) * 10000 ** (-torch.arange(0, d_model, 2) / d_model)  # (max_len,) * (d/2,)
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2], pe[:, 1::2] = angle.sin(), angle.cos()
+        return pe
+
+    with pytest.raises(CheckFailed, match=r"sinusoidal_encoding\(\d+, \d+\) raised RuntimeError") as failure:
+        check_sinusoidal_encoding(flat_positions, quiet=True)
+    assert "`torch.arange(max_len)[:, None] * frequencies`" in str(failure.value)
+
+
 def test_both_modules_take_d_model_then_max_len():
     for cls in (SinusoidalPositionalEncoding, LearnedPositionalEmbedding):
         module = cls(12, 7)
@@ -163,6 +215,7 @@ def test_sinusoidal_module_is_exact_in_float64():
         ("base 1000", lambda d: 1000 ** (-torch.arange(0, d, 2) / d), "base 1000"),
         ("d - 1", lambda d: 10000 ** (-torch.arange(0, d, 2) / (d - 1)), "divided by d_model - 1"),
         ("degrees", lambda d: 10000 ** (-torch.arange(0, d, 2) / d) * 180 / math.pi, None),
+        ("power", lambda d: 10000 ** (torch.arange(0, d, 2) / d), "multiplied by the power"),
     ],
 )
 def test_check_says_where_and_compares_the_frequency(name, frequency, expected):

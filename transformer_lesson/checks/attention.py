@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import traceback
 from collections.abc import Callable
 
 import torch
@@ -234,12 +236,44 @@ def _property_hints(actual, expected, inputs) -> str | None:
     return "\n".join(lines) or None
 
 
-def _transpose_hint(error: Exception) -> str:
-    if any(word in str(error) for word in ("mat", "shape", "size")):
-        return ("\nHint: a shape error in a product usually means the keys were not transposed, or "
-                "transposed on the wrong dimensions: use `keys.transpose(-2, -1)`, which works for any "
-                "number of leading dimensions.")
-    return ""
+_TRANSPOSE_HINT = ("\nHint: the shapes in a product do not fit, which usually means the keys were not transposed, "
+                   "or transposed on the wrong dimensions: use `keys.transpose(-2, -1)`, which works for any "
+                   "number of leading dimensions.")
+_MASK_HINT = ("\nHint: the mask does not broadcast against your scores, which must be (..., T_q, T_k), as "
+              "`queries @ keys.transpose(-2, -1)` gives them. Use the mask as it is given, without transposing "
+              "or reshaping it: `scores.masked_fill(~mask, float('-inf'))`.")
+_IF_MASK_HINT = ("\nHint: `if mask:` asks for the truth value of a whole tensor. To test whether a mask was "
+                 "given, write `if mask is not None:`.")
+_EITHER_HINT = ("\nHint: two shapes do not broadcast. Either the keys were transposed on the wrong dimensions "
+                "(use `keys.transpose(-2, -1)`), or the mask does not fit your scores, which must be (..., T_q, "
+                "T_k): use the mask as it is given, without transposing or reshaping it.")
+_MATMUL_ERRORS = ("batch1", "batch2", "mat1", "mat2", "Expected size for first two dimensions")
+
+
+def _crash_line(error: Exception) -> str:
+    """The source line, outside PyTorch, on which ``error`` was raised ("" when it is not known)."""
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_dir)]
+    return (frames[-1].line or "") if frames else ""
+
+
+def _crash_hint(error: Exception) -> str:
+    """A hint for the usual crashes: a product of misfitting shapes, a mask that does not broadcast, `if mask:`."""
+    message = str(error)
+    if "Boolean value of Tensor with more than one value is ambiguous" in message:
+        return _IF_MASK_HINT
+    if any(marker in message for marker in _MATMUL_ERRORS):
+        return _TRANSPOSE_HINT
+    if "must match the size of tensor" not in message:  # not a broadcast error either
+        return ""
+    line = _crash_line(error)  # a broadcast: of the product's leading dimensions, or of the mask?
+    product = any(op in line for op in ("@", "matmul", "bmm", "einsum"))
+    mask = "mask" in line
+    if product and not mask:
+        return _TRANSPOSE_HINT
+    if mask and not product:
+        return _MASK_HINT
+    return _EITHER_HINT
 
 
 def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> None:
@@ -250,7 +284,7 @@ def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> 
     """
     counter = [0]
     check_against(
-        explain_crashes(student, "attention", hint_for=_transpose_hint),
+        explain_crashes(student, "attention", hint_for=_crash_hint),
         _reference,
         lambda g: attention_inputs(g, counter),
         name="attention",

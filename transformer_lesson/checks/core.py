@@ -320,6 +320,7 @@ def check_against(
     seed: int = 0,
     quiet: bool = False,
     confirm_mistakes: bool = False,
+    mistake_atol: float | None = None,
     hint: Callable[[Any, Any, Mapping[str, Any]], str | None] | None = None,
 ) -> None:
     """Compare ``student`` with ``reference`` on ``trials`` random inputs.
@@ -332,9 +333,16 @@ def check_against(
     ``confirm_mistakes``: name a known mistake only if the student's output also matches it on a
     second, fresh input on which that mistake differs from the reference (other sizes), so that a
     coincidence on one input (two sizes that happen to be equal) names nothing.
+    ``mistake_atol``: the tolerance for recognising a mistake (``atol`` unless given), looser when
+    the student's rounding may differ from the mistake's by more than ``atol`` (large angles in
+    float32, say). With ``confirm_mistakes``, the second input must then be one on which the mistake
+    differs from the reference by more than ``2 * mistake_atol``, so that an answer within
+    ``mistake_atol`` of the mistake is closer to it than to the reference.
     ``hint(actual, expected, inputs)`` may add a line of explanation to a failure (for example
     which property of the output is broken); it is shown whether or not a mistake is named.
     """
+    loose = atol if mistake_atol is None else mistake_atol
+    distinct = atol if mistake_atol is None else 2 * mistake_atol
     generator = torch.Generator().manual_seed(seed)
     for trial in range(trials):
         inputs = make_inputs(generator)
@@ -358,10 +366,10 @@ def check_against(
                     buggy = mistake.implementation(*_clone_inputs(inputs).values())
                 except Exception:  # a mistake that cannot run on these inputs is not the one
                     continue
-                if _close(buggy, expected, atol, rtol) or not _close(actual, buggy, atol, rtol):
+                if _close(buggy, expected, atol, rtol) or not _close(actual, buggy, loose, rtol):
                     continue  # harmless on these inputs (it matches the reference), or not this answer's bug
                 if confirm_mistakes and not _matches_again(
-                    student, reference, make_inputs, generator, mistake, atol, rtol
+                    student, reference, make_inputs, generator, mistake, loose, distinct, rtol
                 ):
                     continue
                 raise CheckFailed(
@@ -382,12 +390,13 @@ def _hint_text(hint, actual, expected, inputs) -> str:
     return f"\n{text}" if text else ""
 
 
-def _matches_again(student, reference, make_inputs, generator, mistake, atol, rtol,
+def _matches_again(student, reference, make_inputs, generator, mistake, atol, distinct, rtol,
                    attempts: int = 8) -> bool:
-    """Does ``student`` match ``mistake`` on a fresh input where the mistake shows?
+    """Does ``student`` match ``mistake`` (within ``atol``) on a fresh input where the mistake shows?
 
     Draws up to ``attempts`` new inputs and uses the first on which the mistake's output differs
-    from the reference's (an input on which the mistake is harmless would confirm nothing).
+    from the reference's by more than ``distinct`` (an input on which the mistake is harmless, or
+    too close to the reference to tell them apart, would confirm nothing).
     """
     for _ in range(attempts):
         inputs = make_inputs(generator)
@@ -396,7 +405,7 @@ def _matches_again(student, reference, make_inputs, generator, mistake, atol, rt
         except Exception:
             continue
         expected = reference(*_clone_inputs(inputs).values())
-        if _close(buggy, expected, atol, rtol):
+        if _close(buggy, expected, distinct, rtol):
             continue
         try:
             actual = student(*_clone_inputs(inputs).values())
