@@ -74,3 +74,20 @@ def test_checkpoint_dir_follows_the_variable(monkeypatch, tmp_path):
     assert runtime.checkpoint_dir() == tmp_path / "ck" and (tmp_path / "ck").is_dir()
     monkeypatch.delenv("TL_CHECKPOINT_DIR")
     assert runtime.checkpoint_dir().name == "checkpoints"
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    chosen = []
+    monkeypatch.delenv("TL_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(device))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert runtime.get_device() == torch.device("cuda") and chosen == []  # one process: plain "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.get_device() == torch.device("cuda", 1) == runtime.get_device("cuda")
+    assert chosen == [torch.device("cuda", 1)] * 2
+    assert runtime.get_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(runtime.DeviceError, match="LOCAL_RANK=2 needs GPU 2.*has 2"):
+        runtime.get_device()

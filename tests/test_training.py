@@ -379,3 +379,55 @@ def test_rng_state_loaded_onto_a_gpu_can_be_restored():
     state["numpy"]["keys"] = state["numpy"]["keys"].as_subclass(_OnAccelerator)
     state["torch"] = state["torch"].as_subclass(_OnAccelerator)
     set_rng_state(state)
+
+
+def test_resume_loads_the_checkpoint_on_the_cpu(tmp_path, monkeypatch):
+    """Mapped to a GPU, Adam's step counters would make every later step wait for the device."""
+    from transformer_lesson import training
+
+    path = tmp_path / "run.pt"
+    make_trainer(path).fit(epoch_batches, max_steps=2)
+    seen = []
+    real_load = training.load_checkpoint
+    monkeypatch.setattr(training, "load_checkpoint", lambda *a, **k: seen.append(k.get("map_location")) or
+                        real_load(*a, **k))
+    resumed = make_trainer(path)
+    resumed.fit(epoch_batches, max_steps=3)
+    assert seen == ["cpu"] and resumed.step == 3
+    assert all(s["step"].device.type == "cpu" for s in resumed.optimizer.state.values())
+
+
+def test_a_temporary_file_left_by_a_killed_save_is_removed(tmp_path):
+    path = tmp_path / "run.pt"
+    stale = tmp_path / "run.pt.tmp12345"
+    stale.write_bytes(b"half a checkpoint")
+    make_trainer(path).fit(epoch_batches, max_steps=1)
+    assert path.exists() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+
+def test_only_this_processs_gpu_rng_state_is_saved_and_old_lists_still_load(monkeypatch):
+    from transformer_lesson.training import get_rng_state, set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state.tolist()))
+    state = get_rng_state()
+    assert state["cuda"].tolist() == [7]
+    set_rng_state(state)
+    old_format = {**state, "cuda": [torch.tensor([0], dtype=torch.uint8), torch.tensor([1], dtype=torch.uint8)]}
+    set_rng_state(old_format)  # one state per GPU: this process's (GPU 1) is used
+    set_rng_state({**state, "cuda": [torch.tensor([0], dtype=torch.uint8)]})  # fewer GPUs then: none to restore
+    assert restored == [[7], [1]]
+
+
+def test_the_token_count_is_left_on_the_device():
+    """An int() would make the CPU wait for the GPU at every step."""
+    from transformer_lesson.training import seq2seq_loss
+
+    torch.manual_seed(0)
+    batch = toy_batch("reverse", 4, 3, 6, 8, torch.Generator().manual_seed(0))
+    loss, n_tokens = seq2seq_loss(GRUSeq2Seq(config()), batch)
+    assert isinstance(n_tokens, torch.Tensor) and n_tokens.item() == int(batch.tgt_mask.sum())

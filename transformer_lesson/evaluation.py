@@ -185,6 +185,7 @@ def exact_match(model, batch, max_len: int | None = None) -> float:
     ``batch`` is a :class:`~transformer_lesson.batching.Batch`; its ``tgt_out`` holds the answers.
     """
     limit = max_len if max_len is not None else batch.tgt_out.shape[1] + 2
+    batch = batch.to(next((p.device for p in model.parameters()), batch.src.device))  # the model's device
     hypotheses = greedy_decode(model, batch.src, batch.src_mask, max_len=limit)
     references = [row[: int(n) - 1] for row, n in zip(batch.tgt_out.tolist(), batch.tgt_mask.sum(1), strict=True)]
     return sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)

@@ -74,7 +74,8 @@ def get_device(require: str | None = None) -> torch.device:
 
     ``require="cuda"`` (or ``"mps"``) raises :class:`DeviceError` with advice when that device is
     missing, instead of silently training for hours on a CPU. The variable ``TL_DEVICE`` overrides
-    the automatic choice (for example ``TL_DEVICE=cpu`` on a machine with a GPU).
+    the automatic choice (for example ``TL_DEVICE=cpu`` on a machine with a GPU). Under
+    ``torchrun`` a plain CUDA choice becomes ``cuda:LOCAL_RANK``, one GPU per process.
     """
     wanted = (require or os.environ.get(DEVICE_ENV) or "").strip().lower() or None
     available = {
@@ -101,11 +102,24 @@ def get_device(require: str | None = None) -> torch.device:
         device = torch.device(wanted)
         if kind == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(f"{wanted!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s).")
-        return device
+        return _this_process_gpu(device)
     for kind in ("cuda", "mps"):
         if available[kind]:
-            return torch.device(kind)
+            return _this_process_gpu(torch.device(kind))
     return torch.device("cpu")
+
+
+def _this_process_gpu(device: torch.device) -> torch.device:
+    """Under ``torchrun`` (``LOCAL_RANK`` set) each process takes its own GPU, cuda:LOCAL_RANK."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device.type != "cuda" or device.index is not None or local_rank is None:
+        return device
+    device = torch.device("cuda", int(local_rank))
+    if device.index >= torch.cuda.device_count():
+        raise DeviceError(f"LOCAL_RANK={local_rank} needs GPU {device.index}, but this machine has "
+                          f"{torch.cuda.device_count()}: start torchrun with --nproc-per-node at most that.")
+    torch.cuda.set_device(device)  # so that plain "cuda" tensors and NCCL use this GPU too
+    return device
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import math
 import os
 import random
@@ -81,13 +82,16 @@ def sequence_loss(
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
-def seq2seq_loss(model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+def seq2seq_loss(
+    model: nn.Module, batch: Any, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The default loss of :class:`Trainer`: teacher-forced ``model(src, src_mask, tgt_in)``.
 
-    Returns (mean loss over real target tokens, number of those tokens).
+    Returns (mean loss over real target tokens, number of those tokens). The number is a 0-d tensor
+    on the batch's device: turning it into an int would make the CPU wait for the GPU every step.
     """
     logits = model(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, V)
-    return sequence_loss(logits, batch.tgt_out, batch.tgt_mask, label_smoothing), int(batch.tgt_mask.sum())
+    return sequence_loss(logits, batch.tgt_out, batch.tgt_mask, label_smoothing), batch.tgt_mask.sum()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,8 +108,8 @@ def get_rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only (under torchrun: its rank's)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -118,7 +122,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        cuda = state["cuda"]
+        if isinstance(cuda, list | tuple):  # checkpoints before 2026-11-23 held every GPU's state
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda.cpu())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +227,8 @@ def save_checkpoint(
         "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.tmp*"):  # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -424,7 +434,7 @@ class Trainer:
         scheduler: Any = None,
         clip_norm: float | None = 1.0,
         amp: bool | AmpSettings = True,
-        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, int]] = seq2seq_loss,
+        loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor | int]] = seq2seq_loss,
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int | None = 500,
         config: Any = None,
@@ -483,7 +493,10 @@ class Trainer:
         instead of training with the new settings.
         """
         path = Path(path or self.checkpoint_path)
-        payload = load_checkpoint(path, tokenizer=self.tokenizer, map_location=self.device)
+        # Loaded on the CPU: load_state_dict copies each tensor to its parameter's device, and
+        # Adam's step counters stay on the CPU, where it reads them (mapped to a GPU, they make
+        # every later step wait for the device).
+        payload = load_checkpoint(path, tokenizer=self.tokenizer, map_location="cpu")
         theirs = payload.get("config") or {}
         if theirs and self.config and theirs != self.config:
             changed = sorted(str(k) for k in set(theirs) | set(self.config) if theirs.get(k) != self.config.get(k))
@@ -513,9 +526,10 @@ class Trainer:
                     else contextlib.nullcontext())
         with autocast:
             loss, _ = self.loss_fn(self.model, batch)
-        if not torch.isfinite(loss):
+        loss_value = loss.item()  # waits for the device; needed anyway, for the log and this check
+        if not math.isfinite(loss_value):
             raise FloatingPointError(
-                f"The loss became {loss.item()} at step {self.step}: training diverged. Lower the "
+                f"The loss became {loss_value} at step {self.step}: training diverged. Lower the "
                 f"learning rate or clip gradients (clip_norm), then resume from the last checkpoint.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -532,7 +546,7 @@ class Trainer:
             self.skipped_steps += 1
         if self.scheduler is not None and stepped:
             self.scheduler.step()
-        return loss.item(), float(grad_norm)
+        return loss_value, float(grad_norm)
 
     def _evaluate(self, evaluate: Callable[[nn.Module], Mapping[str, float]]) -> None:
         if not self.is_main_process:
@@ -574,8 +588,7 @@ class Trainer:
             raise ValueError("Say how long to train: epochs=..., max_steps=..., or both.")
         pending_rng = None
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
-            payload = self.load()
-            pending_rng = payload["rng"]
+            pending_rng = self.load()["rng"]  # nothing else of the file is kept
             if self.is_main_process:
                 print(f"Resuming from {self.checkpoint_path}: step {self.step}, epoch {self.epoch}, "
                       f"batch {self.position} of the epoch.")
