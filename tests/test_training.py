@@ -431,3 +431,27 @@ def test_the_token_count_is_left_on_the_device():
     batch = toy_batch("reverse", 4, 3, 6, 8, torch.Generator().manual_seed(0))
     loss, n_tokens = seq2seq_loss(GRUSeq2Seq(config()), batch)
     assert isinstance(n_tokens, torch.Tensor) and n_tokens.item() == int(batch.tgt_mask.sum())
+
+
+def test_resuming_in_another_precision_says_so_and_keeps_the_skipped_steps(tmp_path, capsys):
+    """A Colab run saved on an L4 (bfloat16) and resumed on a T4 (float16), say, here on the CPU."""
+    from transformer_lesson.runtime import AmpSettings
+
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    model = GRUSeq2Seq(config())
+    bf16 = Trainer(model, torch.optim.Adam(model.parameters()), "cpu", checkpoint_path=path, progress=False,
+                   amp=AmpSettings(dtype=torch.bfloat16, use_grad_scaler=False))
+    bf16.skipped_steps = 3  # as if some earlier float16 steps had overflowed
+    bf16.fit(epoch_batches, max_steps=2)
+    capsys.readouterr()
+    resumed = Trainer(model, torch.optim.Adam(model.parameters()), "cpu", checkpoint_path=path, progress=False,
+                      amp=AmpSettings(dtype=None, use_grad_scaler=True))
+    resumed.fit(epoch_batches, max_steps=3)
+    assert "trained in bfloat16 mixed precision; this device continues in float32 (a new loss scale" in \
+        capsys.readouterr().out
+    assert resumed.skipped_steps == 3
+    same = Trainer(model, torch.optim.Adam(model.parameters()), "cpu", checkpoint_path=path, progress=False,
+                   amp=AmpSettings(dtype=None, use_grad_scaler=True))
+    same.fit(epoch_batches, max_steps=4)
+    assert "mixed precision" not in capsys.readouterr().out

@@ -201,11 +201,14 @@ def save_checkpoint(
     config: Any = None,
     tokenizer: Any = None,
     history: History | None = None,
+    amp: AmpSettings | None = None,
+    skipped_steps: int = 0,
 ) -> Path:
     """Write a checkpoint atomically (to ``path.tmp<pid>``, then renamed over ``path``).
 
     ``position`` is the number of batches of ``epoch`` already trained on; ``tokenizer`` is a
-    :class:`~transformer_lesson.tokenizer.Tokenizer` or its fingerprint string.
+    :class:`~transformer_lesson.tokenizer.Tokenizer` or its fingerprint string; ``amp`` the
+    mixed precision the run used (recorded, so that a resume on another kind of GPU can say so).
     """
     path = Path(path)
     model = unwrap(model)  # no "module." prefix in the saved names
@@ -224,6 +227,8 @@ def save_checkpoint(
         "config": _plain_config(config),
         "tokenizer_fingerprint": _fingerprint(tokenizer),
         "history": history.state_dict() if history is not None else None,
+        "amp_dtype": _precision_name(amp),
+        "skipped_steps": skipped_steps,
         "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +245,11 @@ def save_checkpoint(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _precision_name(amp: AmpSettings | None) -> str:
+    """"bfloat16" or "float16" under autocast, "float32" without."""
+    return "float32" if amp is None or amp.dtype is None else str(amp.dtype).removeprefix("torch.")
 
 
 def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
@@ -479,7 +489,8 @@ class Trainer:
             raise ValueError("No path: pass one or give the Trainer a checkpoint_path.")
         return save_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
                                step=self.step, epoch=self.epoch, position=self.position,
-                               config=self.config, tokenizer=self.tokenizer, history=self.history)
+                               config=self.config, tokenizer=self.tokenizer, history=self.history,
+                               amp=self.amp, skipped_steps=self.skipped_steps)
 
     def _save_if_main(self) -> None:
         if self.checkpoint_path is not None and self.is_main_process:
@@ -508,6 +519,11 @@ class Trainer:
                 f"train afresh, or set the config back to resume it.")
         _apply_checkpoint(payload, path, self.module, self.optimizer, self.scheduler, self.scaler)
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
+        self.skipped_steps = payload.get("skipped_steps", 0)
+        before, now = payload.get("amp_dtype"), _precision_name(self.amp)
+        if before is not None and before != now and self.is_main_process:
+            print(f"Note: {path} was trained in {before} mixed precision; this device continues in {now}"
+                  f"{' (a new loss scale starts at 65536)' if self.amp.use_grad_scaler else ''}.")
         if payload.get("history") is not None:
             self.history = History.from_state_dict(payload["history"])
         return payload
