@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from transformer_lesson.batching import TranslationData, make_batch, pad_sequences, token_budget_batches
+from transformer_lesson.batching import TranslationData, make_batch, pad_sequences, shard, token_budget_batches
 from transformer_lesson.data import load_multi30k
 from transformer_lesson.tokenizer import BOS_ID, EOS_ID, PAD_ID, multi30k_tokenizer
 
@@ -77,3 +77,26 @@ def test_empty_sentences_are_refused_and_empty_lengths_still_count():
     with pytest.raises(ValueError, match="Pair 1 has an empty side"):
         TranslationData([("Ein Hund.", "A dog."), ("", "Nothing.")], tok)
     assert len(token_budget_batches([0] * 10, max_tokens=4, shuffle=False)) == 3
+
+
+def test_shard_gives_each_process_a_disjoint_equal_share():
+    batches = list(range(11))
+    shares = [shard(batches, rank, 3) for rank in range(3)]
+    assert shares == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]  # 9 and 10 dropped: equal numbers of steps
+    assert shard(batches) == batches and shard(batches, 0, 1) is not batches
+    with pytest.raises(ValueError, match="rank must be in"):
+        shard(batches, 3, 3)
+    with pytest.raises(ValueError, match="2 batch\\(es\\) cannot be shared by 4 processes"):
+        shard([[0], [1]], 0, 4)
+
+
+def test_translation_data_batches_serve_one_processs_share():
+    tok = multi30k_tokenizer(2000)
+    data = TranslationData(load_multi30k("val", limit=100), tok)
+    whole = token_budget_batches(data.lengths(), 300, seed=5)
+    shares = [data.batches(300, seed=5, rank=rank, world_size=2) for rank in range(2)]
+    assert len(shares[0]) == len(shares[1]) == len(whole) // 2  # len() counts this process's batches
+    assert (shares[0].rank, shares[0].world_size) == (0, 2)
+    served = [[b.src for b in share] for share in shares]
+    expected = [[data.batch(indices).src for indices in shard(whole, rank, 2)] for rank in range(2)]
+    assert all(torch.equal(a, b) for rank in range(2) for a, b in zip(served[rank], expected[rank], strict=True))

@@ -94,6 +94,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert len(history.losses) == 21 and history.steps == list(range(1, 22))
 
 
+def test_a_version_1_checkpoint_with_one_random_state_still_resumes_exactly(tmp_path, capsys):
+    reference = make_trainer()
+    reference.fit(epoch_batches, max_steps=5)
+    path = tmp_path / "run.pt"
+    make_trainer(path).fit(epoch_batches, max_steps=3)
+    payload = torch.load(path, weights_only=True)
+    assert payload["version"] == 2 and len(payload["rng"]) == 1  # one random state per process
+    torch.save({**payload, "version": 1, "rng": payload["rng"][0]}, path)  # as version 1 wrote it
+    resumed = make_trainer(path, seed=7)
+    resumed.fit(epoch_batches, max_steps=5)
+    assert_same_run(reference, resumed)
+
+    torch.save({**payload, "rng": payload["rng"] * 2}, path)  # written by two processes
+    capsys.readouterr()
+    make_trainer(path).fit(epoch_batches, max_steps=4)
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().out
+
+
 def test_resume_from_a_stop_at_an_epoch_boundary_with_evaluation(tmp_path):
     evaluate = lambda model: {"first_weight": float(next(model.parameters()).flatten()[0])}
     reference = make_trainer()

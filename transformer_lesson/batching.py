@@ -8,6 +8,9 @@ the same polarity as ``torch.nn.functional.scaled_dot_product_attention``'s bool
 Padding is wasted work, so batches group sentences of similar length ("bucketing") and are
 sized by a *token budget* (padded tokens per batch) rather than a fixed number of sentences:
 a batch of short sentences holds more of them.
+
+Under distributed training (``torchrun``, one process per GPU) every process builds the same
+epoch of batches, with the same seed, and takes its own share of them: see :func:`shard`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import random
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import torch
 
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+T = TypeVar("T")
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +123,27 @@ def token_budget_batches(
     return batches
 
 
+def shard(batches: Sequence[T], rank: int = 0, world_size: int = 1) -> list[T]:
+    """Process ``rank``'s share of one epoch's ``batches`` when ``world_size`` processes train together.
+
+    Every process must pass the same list (build it with the same seed everywhere). Process
+    ``rank`` gets batches ``rank, rank + world_size, ...``, so the shares are disjoint and
+    together cover the epoch. The last ``len(batches) % world_size`` batches are dropped, so that
+    every process gets the same number: distributed data parallel averages gradients across
+    processes at every step, and a process with one step more would wait forever for the others.
+    Dropping (rather than repeating some) keeps every sentence at most once per epoch; with a new
+    shuffle each epoch, a different few are left out each time. ``world_size=1``: all of them.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size-1 and world_size at least 1; got rank {rank}, "
+                         f"world_size {world_size}.")
+    if world_size > 1 and len(batches) < world_size:
+        raise ValueError(f"{len(batches)} batch(es) cannot be shared by {world_size} processes: use more "
+                         f"data, a smaller max_tokens, or fewer processes.")
+    usable = len(batches) - len(batches) % world_size
+    return list(batches[rank:usable:world_size])
+
+
 class TranslationData:
     """Tokenized sentence pairs that can be served as :class:`Batch`es.
 
@@ -155,21 +182,36 @@ class TranslationData:
     def batch(self, indices: Sequence[int]) -> Batch:
         return make_batch([self.sources[i] for i in indices], [self.targets[i] for i in indices])
 
-    def batches(self, max_tokens: int, shuffle: bool = True, seed: int = 0) -> EpochBatches:
+    def batches(self, max_tokens: int, shuffle: bool = True, seed: int = 0, *, rank: int = 0,
+                world_size: int = 1) -> EpochBatches:
         """One epoch of token-budget batches (pass a different ``seed`` each epoch).
 
         An iterator, built batch by batch as it is consumed, that also knows how many batches
         the epoch has (``len``), so that progress bars can show the total and the time left.
+
+        Under ``torchrun`` pass this process's ``rank`` and the ``world_size``
+        (``torch.distributed.get_rank()`` and ``get_world_size()``) and the same ``seed`` in every
+        process: each then gets its own share of the epoch (see :func:`shard`), and ``len`` counts
+        that share. They are not read from ``torch.distributed`` automatically, because not every
+        use is training: a validation set evaluated by rank 0 alone must not be cut to rank 0's share.
         """
-        return EpochBatches(self, token_budget_batches(self.lengths(), max_tokens, shuffle, seed))
+        index_lists = token_budget_batches(self.lengths(), max_tokens, shuffle, seed)
+        return EpochBatches(self, index_lists, rank=rank, world_size=world_size)
 
 
 class EpochBatches(Iterator[Batch]):
-    """The batches of one epoch, made on demand; ``len()`` is the epoch's number of batches."""
+    """The batches of one epoch, made on demand; ``len()`` is the number of batches.
 
-    def __init__(self, data: TranslationData, index_lists: list[list[int]]):
+    ``index_lists`` are the whole epoch's; with ``world_size`` > 1 only process ``rank``'s share
+    of them (:func:`shard`) is served. ``rank`` and ``world_size`` are kept as attributes, so that
+    the trainer can check that a distributed run shares its data out.
+    """
+
+    def __init__(self, data: TranslationData, index_lists: Sequence[Sequence[int]], *, rank: int = 0,
+                 world_size: int = 1):
         self._data = data
-        self._index_lists = index_lists
+        self._index_lists = shard(index_lists, rank, world_size)
+        self.rank, self.world_size = rank, world_size
         self._next = 0
 
     def __len__(self) -> int:

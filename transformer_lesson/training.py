@@ -6,9 +6,10 @@ and checkpoints that let a run interrupted at any step (a Colab disconnect) resu
 exactly where an uninterrupted run would have.
 
 A checkpoint holds the model, optimizer, scheduler and gradient-scaler states, the position in
-training (step, epoch, batches done in the epoch), every random-number generator's state, the
-run's config and the tokenizer's fingerprint. It is written to a temporary file and then renamed
-over the old one, so a crash while saving never leaves a half-written checkpoint behind.
+training (step, epoch, batches done in the epoch), every random-number generator's state (of
+every process, under torchrun), the run's config and the tokenizer's fingerprint. It is written to
+a temporary file and then renamed over the old one, so a crash while saving never leaves a
+half-written checkpoint behind.
 Everything in it is a tensor or a plain Python value (NumPy numbers, paths and dataclasses are
 converted), so that ``torch.load(weights_only=True)`` can read it without running any code.
 
@@ -16,8 +17,11 @@ Resuming is exact on a CPU: bit for bit the weights an uninterrupted run ends wi
 exact up to the nondeterminism of some GPU kernels (cuDNN's RNNs, atomic adds), so the two runs
 can drift apart in the last digits.
 
-Under ``torchrun`` (distributed data parallel, a later lesson) every process trains, but only
-the main one (rank 0) draws the progress bar, evaluates and writes checkpoints.
+Under ``torchrun`` (distributed data parallel, a later lesson) every process trains on its own
+share of each epoch's batches; the loss logged (and checked for divergence) is the mean over the
+processes, and a checkpoint holds every process's random state, so that a resumed run is exact
+there too. Only the main process (rank 0) draws the progress bar, evaluates and writes checkpoints;
+the others wait for it (see :class:`Trainer`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -45,7 +50,7 @@ from tqdm.auto import tqdm
 from .runtime import AmpSettings, amp_settings
 
 CHECKPOINT_FORMAT = "transformer-lesson-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: "rng" is a list, one state per process (1: this process's state)
 
 
 class CheckpointError(RuntimeError):
@@ -169,11 +174,48 @@ def _plain_config(config: Any) -> dict[str, Any]:
     return to_plain(dict(config))
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_main_process() -> bool:
     """False in every process but rank 0 of an initialised ``torch.distributed`` run (``torchrun``)."""
-    import torch.distributed as dist
+    return not _distributed() or dist.get_rank() == 0
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+def _rank_and_world_size() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+
+
+def _wait_for_every_process() -> None:
+    """A barrier in a distributed run; nothing otherwise."""
+    if _distributed():
+        dist.barrier()
+
+
+def _mean_over_processes(value: torch.Tensor) -> float:
+    """A scalar tensor's mean over the processes of a distributed run (its value otherwise), as a float.
+
+    One all-reduce of one number: every process then sees the same value.
+    """
+    if not _distributed():
+        return value.item()
+    total = value.detach().float().reshape(1).clone()  # on the device: NCCL reduces GPU tensors
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
+def _gather_rng_states() -> list[dict[str, Any]] | None:
+    """Every process's :func:`get_rng_state`, in rank order, on rank 0 (None on the others).
+
+    A collective: under ``torchrun`` every process must call it at the same point.
+    """
+    state = get_rng_state()
+    if not _distributed():
+        return [state]
+    states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(state, states, dst=0)
+    return states
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -203,12 +245,15 @@ def save_checkpoint(
     history: History | None = None,
     amp: AmpSettings | None = None,
     skipped_steps: int = 0,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (to ``path.tmp<pid>``, then renamed over ``path``).
 
     ``position`` is the number of batches of ``epoch`` already trained on; ``tokenizer`` is a
     :class:`~transformer_lesson.tokenizer.Tokenizer` or its fingerprint string; ``amp`` the
     mixed precision the run used (recorded, so that a resume on another kind of GPU can say so).
+    ``rng_states`` are the random states of every process, in rank order (by default this
+    process's alone).
     """
     path = Path(path)
     model = unwrap(model)  # no "module." prefix in the saved names
@@ -223,7 +268,7 @@ def save_checkpoint(
         "step": step,
         "epoch": epoch,
         "position": position,
-        "rng": get_rng_state(),
+        "rng": rng_states if rng_states is not None else [get_rng_state()],
         "config": _plain_config(config),
         "tokenizer_fingerprint": _fingerprint(tokenizer),
         "history": history.state_dict() if history is not None else None,
@@ -434,6 +479,17 @@ class Trainer:
 
     ``model`` may be wrapped in ``DistributedDataParallel``: it is trained as given, while
     ``self.module`` (the model inside) is what is saved, evaluated and decoded with.
+
+    Under ``torchrun`` every process runs the same :meth:`fit`, and the command line must:
+
+    * initialise the process group *before* building the Trainer, with a ``timeout`` longer than
+      one evaluation: rank 0 evaluates alone while the others wait for it in a barrier;
+    * put each process on its own GPU (:func:`~transformer_lesson.runtime.get_device` does,
+      ``cuda:LOCAL_RANK``), which NCCL's collectives use;
+    * seed each process differently (say ``seed + rank``), so that their dropout masks differ
+      (``DistributedDataParallel`` copies rank 0's initial weights to the others);
+    * give each process its share of the batches, the same number in every process:
+      ``data.batches(max_tokens, seed=epoch, rank=rank, world_size=world_size)``.
     """
 
     def __init__(
@@ -474,6 +530,9 @@ class Trainer:
         self.position = 0  # batches of the current epoch already trained on
         self.last_lr = float(optimizer.param_groups[0]["lr"])  # the rate the last step used
         self.skipped_steps = 0  # float16 steps the gradient scaler skipped (inf/NaN gradients)
+        # The step last evaluated, kept by every process (only rank 0's history records evaluations),
+        # so that all of them agree on when to evaluate and wait.
+        self.evaluated_step: int | None = None
 
     @property
     def is_main_process(self) -> bool:
@@ -483,17 +542,26 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Checkpoint everything needed to resume (to ``checkpoint_path`` by default)."""
+        """Checkpoint everything needed to resume (to ``checkpoint_path`` by default).
+
+        Under ``torchrun`` every process must call it at the same step: it collects every
+        process's random state; rank 0 alone writes the file, and the others wait until it is
+        complete (so that none reads a half-written checkpoint).
+        """
         path = path or self.checkpoint_path
         if path is None:
             raise ValueError("No path: pass one or give the Trainer a checkpoint_path.")
-        return save_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
-                               step=self.step, epoch=self.epoch, position=self.position,
-                               config=self.config, tokenizer=self.tokenizer, history=self.history,
-                               amp=self.amp, skipped_steps=self.skipped_steps)
+        rng_states = _gather_rng_states()
+        if self.is_main_process:
+            save_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
+                            step=self.step, epoch=self.epoch, position=self.position,
+                            config=self.config, tokenizer=self.tokenizer, history=self.history,
+                            amp=self.amp, skipped_steps=self.skipped_steps, rng_states=rng_states)
+        _wait_for_every_process()
+        return Path(path)
 
-    def _save_if_main(self) -> None:
-        if self.checkpoint_path is not None and self.is_main_process:
+    def _save_if_asked(self) -> None:
+        if self.checkpoint_path is not None:
             self.save()
 
     def load(self, path: str | Path | None = None) -> dict[str, Any]:
@@ -526,7 +594,21 @@ class Trainer:
                   f"{' (a new loss scale starts at 65536)' if self.amp.use_grad_scaler else ''}.")
         if payload.get("history") is not None:
             self.history = History.from_state_dict(payload["history"])
+            evals = self.history.evals
+            self.evaluated_step = evals[-1]["step"] if evals else None
         return payload
+
+    def _this_process_rng_state(self, saved: Any) -> dict[str, Any] | None:
+        """This process's random state in a checkpoint's ``"rng"``, or None if the run's size changed."""
+        states = saved if isinstance(saved, list) else [saved]  # version 1 held one process's state
+        rank, world_size = _rank_and_world_size()
+        if len(states) == world_size:
+            return states[rank]
+        if self.is_main_process:  # the batches are shared out differently anyway: no exact resume
+            print(f"Note: {self.checkpoint_path} was written by {len(states)} process(es), this run has "
+                  f"{world_size}: every process keeps its own random state, and the resumed run "
+                  f"differs from an uninterrupted one.")
+        return None
 
     # -- training ------------------------------------------------------------------------------
 
@@ -542,7 +624,10 @@ class Trainer:
                     else contextlib.nullcontext())
         with autocast:
             loss, _ = self.loss_fn(self.model, batch)
-        loss_value = loss.item()  # waits for the device; needed anyway, for the log and this check
+        # Waits for the device; needed anyway, for the log and this check. Under torchrun it is the
+        # mean over the processes, so that all of them log the same loss and, if one diverges,
+        # all raise together (instead of the others waiting forever in the next all-reduce).
+        loss_value = _mean_over_processes(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(
                 f"The loss became {loss_value} at step {self.step}: training diverged. Lower the "
@@ -565,8 +650,13 @@ class Trainer:
         return loss_value, float(grad_norm)
 
     def _evaluate(self, evaluate: Callable[[nn.Module], Mapping[str, float]]) -> None:
-        if not self.is_main_process:
-            return
+        """Rank 0 evaluates, the other processes wait for it (so every process must call this)."""
+        self.evaluated_step = self.step
+        if self.is_main_process:
+            self._evaluate_here(evaluate)
+        _wait_for_every_process()
+
+    def _evaluate_here(self, evaluate: Callable[[nn.Module], Mapping[str, float]]) -> None:
         rng = get_rng_state()  # evaluation must not change the random numbers training sees
         was_training = self.module.training
         self.module.eval()
@@ -599,12 +689,16 @@ class Trainer:
         after every epoch if ``eval_every`` is None, and once more at the end unless the last
         step was just evaluated (so a run cut short by ``max_steps`` is still measured). If
         ``checkpoint_path`` exists, training resumes from it.
+
+        Under ``torchrun`` ``make_batches(epoch)`` must give each process its own share of the
+        epoch, the same number of batches in every process (:func:`~transformer_lesson.batching.shard`);
+        ``TranslationData.batches`` that were not told the rank and world size are refused.
         """
         if epochs is None and max_steps is None:
             raise ValueError("Say how long to train: epochs=..., max_steps=..., or both.")
         pending_rng = None
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
-            pending_rng = self.load()["rng"]  # nothing else of the file is kept
+            pending_rng = self._this_process_rng_state(self.load()["rng"])  # nothing else of the file is kept
             if self.is_main_process:
                 print(f"Resuming from {self.checkpoint_path}: step {self.step}, epoch {self.epoch}, "
                       f"batch {self.position} of the epoch.")
@@ -619,6 +713,7 @@ class Trainer:
         try:
             while not finished():
                 epoch_batches = make_batches(self.epoch)
+                _check_shared_out(epoch_batches, self.epoch)
                 if max_steps is None and hasattr(epoch_batches, "__len__"):  # assume equal epochs
                     per_epoch = len(epoch_batches)
                     bar.total = self.step + (per_epoch - self.position) + (epochs - self.epoch - 1) * per_epoch
@@ -641,7 +736,7 @@ class Trainer:
                     if evaluate is not None and eval_every and self.step % eval_every == 0:
                         self._evaluate(evaluate)
                     if self.checkpoint_every and self.step % self.checkpoint_every == 0:
-                        self._save_if_main()
+                        self._save_if_asked()
                     if finished():
                         break
                 else:  # the epoch ran out of batches
@@ -651,13 +746,26 @@ class Trainer:
                     self.position = 0
                     if evaluate is not None and not eval_every:
                         self._evaluate(evaluate)
-                    self._save_if_main()  # a disconnect loses at most part of an epoch
+                    self._save_if_asked()  # a disconnect loses at most part of an epoch
         finally:
             bar.close()
         if pending_rng is not None:  # resumed a run that had already finished
             set_rng_state(pending_rng)
-        if evaluate is not None and self.step > 0 and self.is_main_process and (
-                not self.history.evals or self.history.evals[-1]["step"] != self.step):
+        if evaluate is not None and self.step > 0 and self.evaluated_step != self.step:
             self._evaluate(evaluate)  # stopped by max_steps (or between evaluations): measure the end
-        self._save_if_main()
+        self._save_if_asked()
         return self.history
+
+
+def _check_shared_out(epoch_batches: Any, epoch: int) -> None:
+    """Refuse batches made for another number of processes (``TranslationData.batches`` records it).
+
+    Without ``rank`` and ``world_size`` every process would train on the whole epoch: the same
+    batches, ``world_size`` times over.
+    """
+    made_for = getattr(epoch_batches, "world_size", None)
+    _, world_size = _rank_and_world_size()
+    if made_for is not None and made_for != world_size:
+        raise ValueError(f"make_batches({epoch}) made batches for {made_for} process(es), but {world_size} "
+                         f"train together: pass rank= and world_size= (torch.distributed.get_rank() and "
+                         f"get_world_size()) to data.batches().")
