@@ -13,6 +13,20 @@ def test_pad_sequences_pads_right_and_marks_real_tokens():
     assert ids.dtype == torch.long and mask.dtype == torch.bool
 
 
+def test_pad_sequences_equals_filling_row_by_row_for_random_and_empty_sequences():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        lengths = torch.randint(0, 9, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator)
+        sequences = [torch.randint(1, 50, (int(n),), generator=generator).tolist() for n in lengths]
+        ids, mask = pad_sequences(sequences, pad_id=-1)
+        assert ids.shape == mask.shape == (len(sequences), int(lengths.max()))
+        for row, seq in enumerate(sequences):
+            assert ids[row].tolist() == seq + [-1] * (ids.shape[1] - len(seq))
+            assert mask[row].tolist() == [True] * len(seq) + [False] * (ids.shape[1] - len(seq))
+    ids, mask = pad_sequences([[], ()])  # nothing but empty sentences
+    assert ids.shape == mask.shape == (2, 0)
+
+
 def test_pad_sequences_refuses_an_empty_batch():
     with pytest.raises(ValueError, match="at least one"):
         pad_sequences([])
