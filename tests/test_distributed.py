@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_training import _CharTokenizer, config, epoch_batches
+from test_training import Crash, _CharTokenizer, config, crash_at, epoch_batches
 from torch.nn.parallel import DistributedDataParallel
 
 from transformer_lesson.batching import TranslationData, shard, token_budget_batches
@@ -80,18 +80,9 @@ def resume(rank, folder):
     reference.fit(make_batches, epochs=3, evaluate=evaluate)
     uninterrupted = outcome(reference)
 
-    class Crash(Exception):
-        pass
-
-    def crashing(epoch):
-        for i, batch in enumerate(make_batches(epoch)):
-            if epoch == 1 and i == 3:
-                raise Crash
-            yield batch
-
     path = folder / "run.pt"
     try:
-        ddp_trainer(rank, path).fit(crashing, epochs=3, evaluate=evaluate)
+        ddp_trainer(rank, path).fit(crash_at(make_batches, epoch=1, batch=3), epochs=3, evaluate=evaluate)
     except Crash:
         pass
     saved = load_checkpoint(path)

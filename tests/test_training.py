@@ -49,6 +49,22 @@ def epoch_batches(epoch, n=7):
     return [toy_batch("reverse", 8, 2, 6, 8, generator) for _ in range(n)]
 
 
+class Crash(Exception):
+    """Stands for an interruption in the middle of training (a Colab disconnect)."""
+
+
+def crash_at(make_batches, epoch: int, batch: int):
+    """``make_batches``, except that epoch ``epoch`` raises :class:`Crash` when it reaches batch ``batch``."""
+
+    def crashing(e):
+        for i, item in enumerate(make_batches(e)):
+            if e == epoch and i == batch:
+                raise Crash
+            yield item
+
+    return crashing
+
+
 def make_trainer(path=None, seed=0, every=4):
     torch.manual_seed(seed)
     model = GRUSeq2Seq(config())
@@ -73,19 +89,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     reference.fit(epoch_batches, epochs=3)  # 21 steps, dropout on: uses the RNG every step
     reference_rng = torch.get_rng_state()
 
-    class Crash(Exception):
-        pass
-
-    def crashing(epoch):
-        for i, batch in enumerate(epoch_batches(epoch)):
-            if epoch == 1 and i == 3:  # global step 10; the last checkpoint was at step 8
-                raise Crash
-            yield batch
-
     path = tmp_path / "run.pt"
     interrupted = make_trainer(path)
-    with pytest.raises(Crash):
-        interrupted.fit(crashing, epochs=3)
+    with pytest.raises(Crash):  # at global step 10; the last checkpoint was at step 8
+        interrupted.fit(crash_at(epoch_batches, epoch=1, batch=3), epochs=3)
     assert load_checkpoint(path)["step"] == 8
     resumed = make_trainer(path, seed=123)  # a fresh process: different initial weights
     history = resumed.fit(epoch_batches, epochs=3)
@@ -276,18 +283,9 @@ def test_grad_scaler_skips_overflowing_steps_without_stepping_the_scheduler():
 
 
 def test_a_checkpoint_is_written_at_every_epoch_end(tmp_path):
-    class Crash(Exception):
-        pass
-
-    def crashing(epoch):
-        for i, batch in enumerate(epoch_batches(epoch)):
-            if epoch == 1 and i == 5:
-                raise Crash
-            yield batch
-
     path = tmp_path / "run.pt"
     with pytest.raises(Crash):
-        make_trainer(path, every=None).fit(crashing, epochs=2)
+        make_trainer(path, every=None).fit(crash_at(epoch_batches, epoch=1, batch=5), epochs=2)
     assert load_checkpoint(path)["step"] == 7  # the end of epoch 0, not nothing
     resumed = make_trainer(path, seed=3, every=None)
     resumed.fit(epoch_batches, epochs=2)
