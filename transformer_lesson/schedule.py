@@ -31,7 +31,9 @@ def warmup_factor(step: int, warmup_steps: int, total_steps: int | None = None) 
     return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
 
 
-def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None) -> LambdaLR:
+def warmup_linear_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None
+) -> LambdaLR:
     """Linear warm-up over ``warmup_steps``, then constant, or linear decay to 0 at ``total_steps``."""
     warmup_factor(0, warmup_steps, total_steps)  # validate now, not at the first step
     return LambdaLR(optimizer, lambda step: warmup_factor(step, warmup_steps, total_steps))
