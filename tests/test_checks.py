@@ -10,6 +10,8 @@ from transformer_lesson.checks.core import (
     compare,
     expect_shape,
     explain_crashes,
+    explain_crashes_and_unwritten,
+    padded_mask,
 )
 
 
@@ -215,3 +217,23 @@ def test_token_lists_are_compared_as_sentences():
     with pytest.raises(CheckFailed, match="should return 2 value"):
         compare([[5]], [[5], [4]], "out")  # the number of sentences is still a count of values
     compare([(5, 6), []], [[5, 6], []], "out")  # a tuple of ints is as good as a list
+
+
+def test_an_unwritten_exercise_is_reported_and_a_crash_explained():
+    def unwritten(x):
+        raise NotImplementedError()
+
+    with pytest.raises(CheckFailed, match=r"my_fn is not written yet: replace `raise NotImplementedError\(\)`"):
+        explain_crashes_and_unwritten(unwritten, "my_fn")(torch.zeros(2))
+    with pytest.raises(CheckFailed, match=r"(?s)my_fn raised IndexError on inputs \(2,\).*off by one\?.*the hint"):
+        explain_crashes_and_unwritten(lambda x: x[5], "my_fn", "the hint", index_hint="off by one?")(torch.zeros(2))
+
+
+def test_padded_masks_are_real_tokens_then_padding_with_one_full_and_one_padded_row():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mask = padded_mask(generator, 4, 7)
+        assert mask.shape == (4, 7) and mask.dtype == torch.bool
+        lengths = mask.sum(1)
+        assert torch.equal(mask, torch.arange(7)[None, :] < lengths[:, None])  # no holes: padding at the end
+        assert lengths[0] == 7 and lengths[-1] == 5 and (lengths >= 1).all()

@@ -264,6 +264,23 @@ def explain_crashes(
     return guarded
 
 
+def explain_crashes_and_unwritten(student: Callable[..., Any], name: str, hint: str = "",
+                                  index_hint: str = "") -> Callable[..., Any]:
+    """:func:`explain_crashes` that also reports an exercise not written yet (``NotImplementedError``)."""
+    return explain_crashes(student, name, hint, index_hint=index_hint, explain_not_implemented=True)
+
+
+def padded_mask(generator: torch.Generator, batch: int, length: int) -> torch.Tensor:
+    """A random padding mask (batch, length), True at real tokens, as a padded batch has.
+
+    The first sentence fills the batch (the longest one sets the length) and the last is padded.
+    """
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    lengths[-1] = max(1, length - 2)
+    return torch.arange(length)[None, :] < lengths[:, None]
+
+
 def _index_out_of_range(error: Exception) -> bool:
     """An IndexError for an index past the end ("index 5 is out of bounds", "list index out of range"),
     not for a dimension that does not exist or an index tensor of the wrong dtype."""

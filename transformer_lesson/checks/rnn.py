@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..rnn import rnn_forward
-from .core import CheckFailed, Mistake, check_against, explain_crashes
+from .core import CheckFailed, Mistake, check_against, explain_crashes_and_unwritten
 
 
 def _torch_rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh):
@@ -71,17 +71,12 @@ CELL_MISTAKES = (
 )
 
 
-def _explain_errors(student: Callable, name: str, hint: str, index_hint: str = "") -> Callable:
-    """:func:`~.core.explain_crashes` as the RNN lessons use it: an unwritten exercise is reported too."""
-    return explain_crashes(student, name, hint, index_hint=index_hint, explain_not_implemented=True)
-
-
 def check_rnn_cell(rnn_cell: Callable, trials: int = 6) -> None:
     """Check ``rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh) -> h_next`` against ``torch.nn.RNNCell``."""
     hint = ("Shapes: x (B, D), h (B, H), W_ih (H, D), W_hh (H, H). W_ih goes with x and W_hh with h, "
             "each transposed: x @ W_ih.T is (B, H).")
     check_against(
-        _explain_errors(rnn_cell, "rnn_cell", hint),
+        explain_crashes_and_unwritten(rnn_cell, "rnn_cell", hint),
         _torch_rnn_cell,
         _cell_inputs(square_first=3),
         name="rnn_cell",
@@ -134,7 +129,7 @@ FORWARD_MISTAKES = (
 def check_rnn_forward(rnn_forward_fn: Callable, trials: int = 5) -> None:
     """Check ``rnn_forward(inputs (B,T,D), h0 (B,H), weights...) -> (outputs (B,T,H), h_last (B,H))``."""
     hint = "inputs[:, t] is the (B, D) input at step t; the state h is (B, H) throughout."
-    guarded = _explain_errors(rnn_forward_fn, "rnn_forward", hint)
+    guarded = explain_crashes_and_unwritten(rnn_forward_fn, "rnn_forward", hint)
     probe = _sequence_inputs(torch.Generator().manual_seed(1))
     result = guarded(*probe.values())
     if not isinstance(result, tuple | list) or len(result) != 2:

@@ -7,9 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..rnn_attention import additive_attention
-from .core import Mistake, check_against
-from .rnn import _explain_errors
-from .seq2seq import _padded_mask
+from .core import Mistake, check_against, explain_crashes_and_unwritten, padded_mask
 
 
 def _attention_inputs(g: torch.Generator) -> dict:
@@ -19,7 +17,7 @@ def _attention_inputs(g: torch.Generator) -> dict:
     return {
         "query": torch.randn(B, Hq, generator=g),
         "keys": torch.randn(B, S, Hk, generator=g),
-        "mask": _padded_mask(g, B, S),
+        "mask": padded_mask(g, B, S),
         "W_query": torch.randn(A, Hq, generator=g) * 0.6,
         "W_key": torch.randn(A, Hk, generator=g) * 0.6,
         "v": torch.randn(A, generator=g),
@@ -84,7 +82,7 @@ def check_additive_attention(student: Callable, trials: int = 5) -> None:
     hint = ("Shapes: query (B, Hq), keys (B, S, Hk), W_query (A, Hq), W_key (A, Hk), v (A,). Add a "
             "source axis to the projected query, (B, 1, A), so it broadcasts against (B, S, A).")
     check_against(
-        _explain_errors(student, "additive_attention", hint),
+        explain_crashes_and_unwritten(student, "additive_attention", hint),
         additive_attention,
         _attention_inputs,
         name="additive_attention",

@@ -13,22 +13,14 @@ from ..decoding import greedy_decode
 from ..seq2seq import GRUSeq2Seq, Seq2SeqConfig, last_real_state
 from ..tokenizer import BOS_ID, EOS_ID, PAD_ID
 from ..training import sequence_loss
-from .core import CheckFailed, Mistake, check_against
-from .rnn import _explain_errors
-
-
-def _padded_mask(g: torch.Generator, B: int, S: int) -> torch.Tensor:
-    lengths = torch.randint(1, S + 1, (B,), generator=g)
-    lengths[0] = S  # the longest sentence fills the batch, as with real padding
-    lengths[-1] = max(1, S - 2)  # and at least one sentence is padded
-    return torch.arange(S)[None, :] < lengths[:, None]
+from .core import CheckFailed, Mistake, check_against, explain_crashes_and_unwritten, padded_mask
 
 
 def _last_state_inputs(g: torch.Generator) -> dict:
     B = int(torch.randint(3, 6, (1,), generator=g))
     S = int(torch.randint(B + 1, 10, (1,), generator=g))
     H = int(torch.randint(2, 6, (1,), generator=g))
-    return {"outputs": torch.randn(B, S, H, generator=g), "src_mask": _padded_mask(g, B, S)}
+    return {"outputs": torch.randn(B, S, H, generator=g), "src_mask": padded_mask(g, B, S)}
 
 
 LAST_STATE_MISTAKES = (
@@ -46,9 +38,9 @@ LAST_STATE_MISTAKES = (
 def check_last_real_state(student: Callable, trials: int = 5) -> None:
     """Check ``last_real_state(outputs (B,S,H), src_mask (B,S)) -> (B, H)``."""
     check_against(
-        _explain_errors(student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
-                        index_hint="An index is out of range: off by one? A sentence with n real tokens "
-                                   "ends at position n - 1, so use src_mask.sum(1) - 1."),
+        explain_crashes_and_unwritten(student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
+                                      index_hint="An index is out of range: off by one? A sentence with n real "
+                                                 "tokens ends at position n - 1, so use src_mask.sum(1) - 1."),
         last_real_state,
         _last_state_inputs,
         name="last_real_state",
@@ -62,7 +54,7 @@ def _loss_inputs(g: torch.Generator) -> dict:
     B = int(torch.randint(2, 5, (1,), generator=g))
     T = int(torch.randint(3, 8, (1,), generator=g))
     V = int(torch.randint(5, 12, (1,), generator=g))
-    mask = _padded_mask(g, B, T)
+    mask = padded_mask(g, B, T)
     targets = torch.randint(1, V, (B, T), generator=g).masked_fill(~mask, 0)  # pad id 0 at padding
     return {"logits": torch.randn(B, T, V, generator=g) * 2, "targets": targets, "mask": mask}
 
@@ -100,7 +92,7 @@ def check_sequence_loss(student: Callable, trials: int = 5) -> None:
     hint = ("F.cross_entropy wants (N, V) logits and (N,) targets: flatten with "
             "logits.reshape(-1, V) and targets.reshape(-1).")
     check_against(
-        _explain_errors(student, "sequence_loss", hint),
+        explain_crashes_and_unwritten(student, "sequence_loss", hint),
         lambda logits, targets, mask: sequence_loss(logits, targets, mask),
         _loss_inputs,
         name="sequence_loss",
@@ -264,8 +256,8 @@ def check_greedy_decode(student: Callable, trials: int = 4) -> None:
         return [list(map(int, row)) for row in result]
 
     check_against(
-        _with_tiny_model(_explain_errors(as_lists, "greedy_decode",
-                                         "Use model.start_decoding and model.decode_step.")),
+        _with_tiny_model(explain_crashes_and_unwritten(as_lists, "greedy_decode",
+                                                       "Use model.start_decoding and model.decode_step.")),
         _with_tiny_model(greedy_decode),
         _decode_inputs,
         name="greedy_decode",
