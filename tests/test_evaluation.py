@@ -10,10 +10,11 @@ from torch import nn
 
 from transformer_lesson.evaluation import (
     bleu_by_length,
+    bleu_evaluator,
     corpus_bleu,
     evaluate_bleu,
     exact_match,
-    tokenized_bleu,
+    lowercased_bleu,
     translate,
 )
 from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
@@ -45,10 +46,10 @@ def test_bleu_functions_match_sacrebleu_and_say_which_is_which():
     assert corpus_bleu(hyps, refs).score == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert corpus_bleu(refs, refs).score == pytest.approx(100.0)
     upper = [r.upper() for r in refs]
-    assert tokenized_bleu(upper, refs).score == pytest.approx(100.0)  # lowercased
+    assert lowercased_bleu(upper, refs).score == pytest.approx(100.0)  # lowercased
     assert corpus_bleu(upper, refs).score < 10  # the standard metric is cased
     expected = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True, tokenize="13a").score
-    assert tokenized_bleu(hyps, refs).score == pytest.approx(expected)
+    assert lowercased_bleu(hyps, refs).score == pytest.approx(expected)
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         corpus_bleu(hyps, refs[:1])
 
@@ -60,7 +61,7 @@ def test_bleu_by_length_scores_each_bucket_on_its_own_sentences():
     buckets = bleu_by_length(sources, hyps, refs, buckets=((1, 2), (3, 6), (7, 9)))
     assert [b.count for b in buckets] == [2, 2, 0]
     assert buckets[0].bleu == pytest.approx(100.0)
-    assert buckets[1].bleu == pytest.approx(tokenized_bleu(hyps[1:3], refs[1:3]).score)
+    assert buckets[1].bleu == pytest.approx(lowercased_bleu(hyps[1:3], refs[1:3]).score)
     assert math.isnan(buckets[2].bleu) and buckets[1].label == "3-6"
 
 
@@ -71,6 +72,9 @@ def test_translate_round_trips_with_a_copying_model(tokenizer):
     pairs = list(zip(sentences, sentences, strict=True))
     report = evaluate_bleu(Copier(), tokenizer, pairs, "cpu")
     assert report.bleu.score == pytest.approx(100.0) and "sacreBLEU 100.00" in str(report)
+    assert report.lowercased.score == pytest.approx(100.0) and "lowercased BLEU 100.00" in str(report)
+    assert bleu_evaluator(tokenizer, pairs, "cpu")(Copier()) == {"bleu": pytest.approx(100.0),
+                                                                 "lowercased_bleu": pytest.approx(100.0)}
 
 
 def test_translate_survives_bad_input(tokenizer):
@@ -97,7 +101,7 @@ def test_scores_carry_sacrebleus_signature_and_the_report_shows_it():
     from transformer_lesson.evaluation import BleuReport
 
     hyps, refs = ["A man rides a bike ."], ["A man is riding a bike ."]
-    cased, lowered = corpus_bleu(hyps, refs), tokenized_bleu(hyps, refs)
+    cased, lowered = corpus_bleu(hyps, refs), lowercased_bleu(hyps, refs)
     assert cased.signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
     assert "case:lc" in lowered.signature
     text = str(BleuReport(hyps, refs, hyps, cased, lowered))

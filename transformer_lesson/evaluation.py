@@ -6,7 +6,7 @@ between papers when computed the same way, so we report two numbers and say whic
 
 * :func:`corpus_bleu`: **sacreBLEU**, the standard: detokenized output, case-sensitive, sacreBLEU's
   own ``13a`` tokenization. Report this one.
-* :func:`tokenized_bleu`: the same, **lowercased**. Older tutorials (for example the classic
+* :func:`lowercased_bleu`: the same, **lowercased**. Older tutorials (for example the classic
   PyTorch seq2seq notebooks) scored lowercased text split into words by spaCy, with torchtext's
   ``bleu_score``; lowercased 13a BLEU *approximates* that number (the tokenizers differ a little),
   so you can compare with them roughly. It is higher than cased BLEU and is not the standard metric.
@@ -94,8 +94,9 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUSco
     return _score(BLEU(), hypotheses, references)
 
 
-def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
-    """Lowercased, 13a-tokenized BLEU: approximates the metric older tutorials report (not the standard one)."""
+def lowercased_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
+    """:func:`corpus_bleu` of lowercased text (13a tokenization, as there): approximates the metric older
+    tutorials report (not the standard one). ``.score`` is 0-100."""
     return _score(BLEU(lowercase=True, tokenize="13a"), hypotheses, references)
 
 
@@ -121,7 +122,7 @@ def bleu_by_length(
     hypotheses: Sequence[str],
     references: Sequence[str],
     buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
-    metric: Callable[[Sequence[str], Sequence[str]], BLEUScore] = tokenized_bleu,
+    metric: Callable[[Sequence[str], Sequence[str]], BLEUScore] = lowercased_bleu,
 ) -> list[LengthBucket]:
     """Corpus BLEU within groups of sentences of similar source length (in words).
 
@@ -147,15 +148,15 @@ class BleuReport:
     sources: list[str]
     references: list[str]
     hypotheses: list[str]
-    bleu: BLEUScore
-    tokenized: BLEUScore
+    bleu: BLEUScore  # corpus_bleu: cased, the standard
+    lowercased: BLEUScore  # lowercased_bleu
 
     def __str__(self) -> str:
         return (f"sacreBLEU {self.bleu.score:.2f} (cased, standard) | "
-                f"lowercased tokenized BLEU {self.tokenized.score:.2f} (approximates older tutorials' "
+                f"lowercased BLEU {self.lowercased.score:.2f} (approximates older tutorials' "
                 f"metric) | {len(self.hypotheses)} sentences\n"
                 f"  signatures: {getattr(self.bleu, 'signature', '?')} | "
-                f"{getattr(self.tokenized, 'signature', '?')}")
+                f"{getattr(self.lowercased, 'signature', '?')}")
 
 
 def evaluate_bleu(model, tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,
@@ -165,16 +166,16 @@ def evaluate_bleu(model, tokenizer, pairs: Sequence[tuple[str, str]], device: to
     references = [p[1] for p in pairs]
     hypotheses = translate(model, tokenizer, sources, device, max_len=max_len, batch_size=batch_size)
     return BleuReport(sources, references, hypotheses,
-                      corpus_bleu(hypotheses, references), tokenized_bleu(hypotheses, references))
+                      corpus_bleu(hypotheses, references), lowercased_bleu(hypotheses, references))
 
 
 def bleu_evaluator(tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,
                    batch_size: int = 64) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """An ``evaluate`` callback for :meth:`Trainer.fit`: ``model -> {"bleu": ..., "bleu_lc_tok": ...}``."""
+    """An ``evaluate`` callback for :meth:`Trainer.fit`: ``model -> {"bleu": ..., "lowercased_bleu": ...}``."""
 
     def evaluate(model) -> dict[str, float]:
         report = evaluate_bleu(model, tokenizer, pairs, device, batch_size=batch_size)
-        return {"bleu": report.bleu.score, "bleu_lc_tok": report.tokenized.score}
+        return {"bleu": report.bleu.score, "lowercased_bleu": report.lowercased.score}
 
     return evaluate
 
