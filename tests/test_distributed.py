@@ -16,9 +16,10 @@ from test_training import Crash, _CharTokenizer, config, crash_at, epoch_batches
 from torch.nn.parallel import DistributedDataParallel
 
 from transformer_lesson.batching import TranslationData, shard, token_budget_batches
+from transformer_lesson.checkpoint import load_checkpoint
 from transformer_lesson.runtime import seed_everything
 from transformer_lesson.seq2seq import GRUSeq2Seq
-from transformer_lesson.training import Trainer, load_checkpoint, seq2seq_loss
+from transformer_lesson.training import Trainer, seq2seq_loss
 
 WORLD_SIZE = 2
 MAX_TOKENS = 30  # 17 batches of the pairs below: one too many to share out evenly
@@ -49,9 +50,9 @@ def train_on_shares(rank, folder):
 
     def recording_loss(model, batch):
         seen.append(sorted(row[mask].tolist() for row, mask in zip(batch.src, batch.src_mask, strict=True)))
-        loss, n_tokens = seq2seq_loss(model, batch)
+        loss = seq2seq_loss(model, batch)
         local_losses.append(loss.item())
-        return loss, n_tokens
+        return loss
 
     trainer = ddp_trainer(rank, loss_fn=recording_loss, vocab_size=_CharTokenizer.vocab_size)
     try:
@@ -97,9 +98,9 @@ def diverge_in_one_process(rank, folder):
     calls = []
 
     def nan_in_process_1(model, batch):
-        loss, n_tokens = seq2seq_loss(model, batch)
+        loss = seq2seq_loss(model, batch)
         calls.append(1)
-        return (loss * float("nan") if rank == 1 and len(calls) == 2 else loss), n_tokens
+        return loss * float("nan") if rank == 1 and len(calls) == 2 else loss
 
     trainer = ddp_trainer(rank, loss_fn=nan_in_process_1)
     try:

@@ -91,3 +91,22 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(runtime.DeviceError, match="LOCAL_RANK=2 needs GPU 2.*has 2"):
         runtime.get_device()
+
+
+def test_distributed_helpers_in_a_single_process_and_in_a_process_group(tmp_path):
+    import torch.distributed as dist
+    from torch import nn
+
+    def observed():
+        runtime.wait_for_every_process()  # a barrier in the group, nothing outside it
+        return runtime.is_main_process(), runtime.rank_and_world_size(), runtime.mean_over_processes(torch.tensor(2.5))
+
+    assert observed() == (True, (0, 1), 2.5)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert observed() == (True, (0, 1), 2.5)
+        inner = nn.Linear(2, 2)
+        assert runtime.unwrap(nn.parallel.DistributedDataParallel(inner)) is inner
+    finally:
+        dist.destroy_process_group()
+    assert runtime.unwrap(nn.DataParallel(inner)) is inner and runtime.unwrap(inner) is inner

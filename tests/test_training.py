@@ -6,17 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from transformer_lesson.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from transformer_lesson.plotting import plot_history
 from transformer_lesson.rnn_attention import AttentionGRUSeq2Seq
 from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
 from transformer_lesson.toy import toy_batch
-from transformer_lesson.training import (
-    CheckpointError,
-    History,
-    Trainer,
-    load_checkpoint,
-    save_checkpoint,
-    sequence_loss,
-)
+from transformer_lesson.training import History, Trainer, sequence_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,16 +102,19 @@ def test_a_version_1_checkpoint_with_one_random_state_still_resumes_exactly(tmp_
     path = tmp_path / "run.pt"
     make_trainer(path).fit(epoch_batches, max_steps=3)
     payload = torch.load(path, weights_only=True)
-    assert payload["version"] == 2 and len(payload["rng"]) == 1  # one random state per process
-    torch.save({**payload, "version": 1, "rng": payload["rng"][0]}, path)  # as version 1 wrote it
+    assert payload["version"] == CHECKPOINT_VERSION and len(payload["rng"]) == 1  # one random state per process
+    version_1 = {k: v for k, v in payload.items() if k != "model_config"}  # as version 1 wrote it:
+    torch.save({**version_1, "version": 1, "rng": payload["rng"][0], "model_class": "GRUSeq2Seq"}, path)
     resumed = make_trainer(path, seed=7)
     resumed.fit(epoch_batches, max_steps=5)
     assert_same_run(reference, resumed)
 
     torch.save({**payload, "rng": payload["rng"] * 2}, path)  # written by two processes
     capsys.readouterr()
-    make_trainer(path).fit(epoch_batches, max_steps=4)
+    other_size = make_trainer(path)
+    other_size.fit(epoch_batches, max_steps=4)  # resumes, keeping this process's own random state
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().out
+    assert other_size.step == 4 and other_size.history.steps == [1, 2, 3, 4]
 
 
 def test_resume_from_a_stop_at_an_epoch_boundary_with_evaluation(tmp_path):
@@ -189,7 +187,7 @@ def test_history_round_trips_and_plots():
     again = History.from_state_dict(history.state_dict())
     assert again == history
     assert again.smoothed_losses(window=2)[1] == pytest.approx((3.0 + 1.5) / 2)
-    fig = again.plot("toy")
+    fig = plot_history(again, "toy")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["toy: loss", "toy: evaluation"] and all(ax.get_xlabel() for ax in fig.axes)
 
@@ -259,12 +257,12 @@ def test_grad_scaler_skips_overflowing_steps_without_stepping_the_scheduler():
 
     def loss_with_bad_gradients(model, batch):
         """The usual loss, but steps 1 and 3 get NaN gradients (as a float16 overflow would)."""
-        loss, n = seq2seq_loss(model, batch)
+        loss = seq2seq_loss(model, batch)
         calls.append(1)
         if len(calls) in (1, 3):
             first = next(model.parameters()).flatten()[0]
             loss = loss + (first * 0).sqrt()  # adds 0 to the loss, NaN to the gradient
-        return loss, n
+        return loss
 
     torch.manual_seed(0)
     model = GRUSeq2Seq(config())
@@ -294,14 +292,44 @@ def test_a_checkpoint_is_written_at_every_epoch_end(tmp_path):
     assert_same_run(reference, resumed)
 
 
-def test_progress_bar_knows_its_total_in_epoch_mode(capsys):
+@pytest.fixture
+def progress_bars(monkeypatch):
+    """The progress bars the Trainer makes, recorded (they still draw, to the captured stderr)."""
+    from tqdm.auto import tqdm
+
+    from transformer_lesson import training
+
+    bars = []
+
+    class RecordedBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(training, "tqdm", RecordedBar)
+    return bars
+
+
+def test_progress_bar_knows_its_total_in_epoch_mode(progress_bars):
     trainer = make_trainer()
     trainer.progress = True
     trainer.fit(epoch_batches, epochs=2)
-    assert "14/14" in capsys.readouterr().err
+    [bar] = progress_bars
+    assert (bar.total, bar.n) == (14, 14)  # a disabled bar would not count
 
 
-def test_corpus_batches_know_their_number_so_the_bar_has_a_total(capsys):
+def test_a_resumed_progress_bar_counts_from_the_checkpoints_step(tmp_path, progress_bars):
+    path = tmp_path / "run.pt"
+    with pytest.raises(Crash):
+        make_trainer(path).fit(crash_at(epoch_batches, epoch=1, batch=3), epochs=2)  # saved at step 8
+    resumed = make_trainer(path)
+    resumed.progress = True
+    resumed.fit(epoch_batches, epochs=2)
+    bar = progress_bars[-1]
+    assert (bar.total, bar.n) == (14, 14) and bar.initial == 8
+
+
+def test_corpus_batches_know_their_number_so_the_bar_has_a_total(progress_bars):
     """``TranslationData.batches`` is an iterator with a length: the lessons' progress bars show a total."""
     from transformer_lesson.batching import TranslationData, token_budget_batches
 
@@ -319,7 +347,8 @@ def test_corpus_batches_know_their_number_so_the_bar_has_a_total(capsys):
     model = GRUSeq2Seq(config(vocab_size=tok.vocab_size))
     trainer = Trainer(model, torch.optim.Adam(model.parameters()), "cpu", progress=True)
     trainer.fit(lambda e: data.batches(max_tokens=40, seed=e), epochs=2)
-    assert f"{2 * len(expected)}/{2 * len(expected)}" in capsys.readouterr().err
+    [bar] = progress_bars
+    assert bar.total == bar.n == trainer.step == 2 * len(expected)
 
 
 class _CharTokenizer:
@@ -369,7 +398,7 @@ def test_rng_state_round_trips_for_python_numpy_and_torch():
 
     import numpy as np
 
-    from transformer_lesson.training import get_rng_state, set_rng_state
+    from transformer_lesson.checkpoint import get_rng_state, set_rng_state
 
     state = get_rng_state()
     first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1).item())
@@ -389,23 +418,27 @@ class _OnAccelerator(torch.Tensor):
 
 def test_rng_state_loaded_onto_a_gpu_can_be_restored():
     """``Trainer.load`` maps a checkpoint to the training device, random states included."""
-    from transformer_lesson.training import get_rng_state, set_rng_state
+    import numpy as np
+
+    from transformer_lesson.checkpoint import get_rng_state, set_rng_state
 
     state = get_rng_state()
+    first = (np.random.rand(), torch.rand(1).item())
     state["numpy"]["keys"] = state["numpy"]["keys"].as_subclass(_OnAccelerator)
     state["torch"] = state["torch"].as_subclass(_OnAccelerator)
     set_rng_state(state)
+    assert (np.random.rand(), torch.rand(1).item()) == first
 
 
 def test_resume_loads_the_checkpoint_on_the_cpu(tmp_path, monkeypatch):
     """Mapped to a GPU, Adam's step counters would make every later step wait for the device."""
-    from transformer_lesson import training
+    from transformer_lesson import checkpoint
 
     path = tmp_path / "run.pt"
     make_trainer(path).fit(epoch_batches, max_steps=2)
     seen = []
-    real_load = training.load_checkpoint
-    monkeypatch.setattr(training, "load_checkpoint", lambda *a, **k: seen.append(k.get("map_location")) or
+    real_load = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: seen.append(k.get("map_location")) or
                         real_load(*a, **k))
     resumed = make_trainer(path)
     resumed.fit(epoch_batches, max_steps=3)
@@ -423,7 +456,7 @@ def test_a_temporary_file_left_by_a_killed_save_is_removed(tmp_path):
 
 
 def test_only_this_processs_gpu_rng_state_is_saved_and_old_lists_still_load(monkeypatch):
-    from transformer_lesson.training import get_rng_state, set_rng_state
+    from transformer_lesson.checkpoint import get_rng_state, set_rng_state
 
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -439,14 +472,17 @@ def test_only_this_processs_gpu_rng_state_is_saved_and_old_lists_still_load(monk
     assert restored == [[7], [1]]
 
 
-def test_the_token_count_is_left_on_the_device():
-    """An int() would make the CPU wait for the GPU at every step."""
+def test_seq2seq_loss_is_the_teacher_forced_sequence_loss_as_one_scalar():
+    """The loss a ``loss_fn`` gives the Trainer: one scalar tensor, left on the device (no .item())."""
     from transformer_lesson.training import seq2seq_loss
 
     torch.manual_seed(0)
     batch = toy_batch("reverse", 4, 3, 6, 8, torch.Generator().manual_seed(0))
-    loss, n_tokens = seq2seq_loss(GRUSeq2Seq(config()), batch)
-    assert isinstance(n_tokens, torch.Tensor) and n_tokens.item() == int(batch.tgt_mask.sum())
+    model = GRUSeq2Seq(config()).eval()
+    loss = seq2seq_loss(model, batch)
+    assert isinstance(loss, torch.Tensor) and loss.shape == () and loss.requires_grad
+    expected = sequence_loss(model(batch.src, batch.src_mask, batch.tgt_in), batch.tgt_out, batch.tgt_mask)
+    torch.testing.assert_close(loss, expected)
 
 
 def test_resuming_in_another_precision_says_so_and_keeps_the_skipped_steps(tmp_path, capsys):

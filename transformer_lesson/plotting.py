@@ -1,15 +1,21 @@
-"""Plots that several lessons share: attention heatmaps, curves, BLEU by sentence length.
+"""Plots that several lessons share: attention heatmaps, training curves, BLEU by sentence length.
 
-Each function draws on a given matplotlib ``ax`` (or makes a figure) and returns the ``ax``, so a
-lesson can put several side by side. Every plot gets a title and labelled axes.
+Most functions draw on a given matplotlib ``ax`` (or make a figure) and return the ``ax``, so a
+lesson can put several side by side; those that draw a grid of panels (:func:`plot_history`,
+:func:`plot_attention_heads`) make their own figure and return it. Every plot gets a title and
+labelled axes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .training import History
 
 
 def _axes(ax, figsize):
@@ -18,6 +24,10 @@ def _axes(ax, figsize):
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
+
+
+def _as_array(weights: torch.Tensor | np.ndarray) -> np.ndarray:
+    return weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights)
 
 
 def plot_attention(
@@ -31,7 +41,7 @@ def plot_attention(
 
     ``source_tokens`` labels the S columns and ``target_tokens`` the T rows.
     """
-    weights = weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights)
+    weights = _as_array(weights)
     if weights.shape != (len(target_tokens), len(source_tokens)):
         raise ValueError(f"weights have shape {weights.shape} but there are {len(target_tokens)} target "
                          f"and {len(source_tokens)} source tokens: expected (target, source).")
@@ -43,6 +53,80 @@ def plot_attention(
     ax.set(title=title, xlabel="source token (attended to)", ylabel="target token (being produced)")
     ax.figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="weight")
     return ax
+
+
+def plot_attention_heads(
+    weights: torch.Tensor | np.ndarray,
+    query_tokens: Sequence[str],
+    key_tokens: Sequence[str],
+    title: str = "Attention weights per head",
+    row_labels: Sequence[str] | None = None,
+):
+    """One heatmap per attention head, in a grid with one row per layer; returns the figure.
+
+    ``weights`` is (n_heads, T_q, T_k) for one layer or (n_layers, n_heads, T_q, T_k) for several
+    (one sentence's: index the batch away first). Row t of a heatmap says where query token t
+    looked among the keys. ``query_tokens`` label the T_q rows, ``key_tokens`` the T_k columns.
+    Panels are titled "head h", or "layer l, head h" for several layers; ``row_labels`` (one per
+    row, e.g. "encoder layer 0") replace "layer l". All panels share one colour scale, 0 to 1.
+    """
+    weights = _as_array(weights)
+    if weights.ndim not in (3, 4):
+        raise ValueError(f"weights have shape {weights.shape}: expected (n_heads, T_q, T_k) or "
+                         f"(n_layers, n_heads, T_q, T_k) (index one sentence out of a batch first).")
+    grid = weights if weights.ndim == 4 else weights[None]  # (rows, heads, T_q, T_k)
+    n_rows, n_heads, t_q, t_k = grid.shape
+    if (t_q, t_k) != (len(query_tokens), len(key_tokens)):
+        raise ValueError(f"weights have shape {weights.shape}, whose last two dimensions should be "
+                         f"(T_q, T_k) = ({len(query_tokens)}, {len(key_tokens)}): one row per query token "
+                         f"and one column per key token.")
+    if row_labels is not None and len(row_labels) != n_rows:
+        raise ValueError(f"{len(row_labels)} row label(s) for {n_rows} row(s) of heads.")
+    if row_labels is None and weights.ndim == 4:
+        row_labels = [f"layer {layer}" for layer in range(n_rows)]
+    import matplotlib.pyplot as plt
+
+    width, height = min(6.0, max(2.5, 0.4 * t_k + 1.2)), min(6.0, max(2.2, 0.36 * t_q + 1.0))
+    fig, axes = plt.subplots(n_rows, n_heads, figsize=(width * n_heads + 1.0, height * n_rows + 0.6),
+                             squeeze=False, layout="constrained")
+    for row in range(n_rows):
+        for head in range(n_heads):
+            ax = axes[row, head]
+            image = ax.imshow(grid[row, head], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+            ax.set_xticks(range(t_k), key_tokens, rotation=90)
+            ax.set_yticks(range(t_q), query_tokens)
+            prefix = f"{row_labels[row]}, " if row_labels is not None else ""
+            ax.set(title=f"{prefix}head {head}", xlabel="key (attended to)", ylabel="query")
+    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_history(history: History, title: str = "Training", window: int = 50):
+    """Loss per step (raw and smoothed) and, if any, evaluation metrics per step. Returns the figure.
+
+    ``history`` is a :class:`~transformer_lesson.training.History`; ``window`` the number of steps
+    the smoothed curve averages over.
+    """
+    import matplotlib.pyplot as plt
+
+    metric_names = sorted({k for e in history.evals for k in e if k not in ("step", "epoch")})
+    n_panels = 1 + bool(metric_names)
+    fig, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(history.steps, history.losses, alpha=0.3, lw=0.8, label="per step")
+    ax.plot(history.steps, history.smoothed_losses(window), lw=2, label=f"mean of last {window}")
+    ax.set(title=f"{title}: loss", xlabel="optimizer step", ylabel="cross-entropy (nats/token)")
+    ax.legend()
+    if metric_names:
+        ax = axes[0, 1]
+        for name in metric_names:
+            points = [(e["step"], e[name]) for e in history.evals if name in e]
+            ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.set(title=f"{title}: evaluation", xlabel="optimizer step", ylabel="metric value")
+        ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def plot_curves(

@@ -136,9 +136,9 @@ def specialisation(scores: torch.Tensor) -> torch.Tensor:
     return (scores[:, 0] - scores[:, 1]).abs()
 
 
-def relation_loss(model: RelationModel, batch: RelationBatch) -> tuple[torch.Tensor, int]:
-    """The loss in the form :class:`~transformer_lesson.training.Trainer` expects."""
-    return model.loss(batch), batch.tokens.numel()
+def relation_loss(model: RelationModel, batch: RelationBatch) -> torch.Tensor:
+    """The loss in the form :class:`~transformer_lesson.training.Trainer` expects: a scalar tensor."""
+    return model.loss(batch)
 
 
 def train_relation_model(

@@ -1,4 +1,4 @@
-"""Where and how big: quick/full mode, the device, mixed precision and seeding.
+"""Where and how big: quick/full mode, the device, mixed precision, seeding and distributed runs.
 
 Every notebook runs in one of two modes, chosen by one switch, the environment variable
 ``TL_QUICK``:
@@ -24,6 +24,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
 QUICK_ENV = "TL_QUICK"
 DEVICE_ENV = "TL_DEVICE"
@@ -120,6 +122,44 @@ def _this_process_gpu(device: torch.device) -> torch.device:
                           f"{torch.cuda.device_count()}: start torchrun with --nproc-per-node at most that.")
     torch.cuda.set_device(device)  # so that plain "cuda" tensors and NCCL use this GPU too
     return device
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main_process() -> bool:
+    """False in every process but rank 0 of an initialised ``torch.distributed`` run (``torchrun``)."""
+    return not _distributed() or dist.get_rank() == 0
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(this process's rank, number of processes) of a distributed run; (0, 1) otherwise."""
+    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+
+
+def wait_for_every_process() -> None:
+    """A barrier in a distributed run; nothing otherwise."""
+    if _distributed():
+        dist.barrier()
+
+
+def mean_over_processes(value: torch.Tensor) -> float:
+    """A scalar tensor's mean over the processes of a distributed run (its value otherwise), as a float.
+
+    One all-reduce of one number: every process then sees the same value.
+    """
+    if not _distributed():
+        return value.item()
+    total = value.detach().float().reshape(1).clone()  # on the device: NCCL reduces GPU tensors
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or DataParallel) wrapper; other models as they are."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 @dataclass(frozen=True)
