@@ -266,3 +266,18 @@ def test_histogram_labels_count_each_symbol():
         symbols = tokens[1:][mask[1:]].tolist()
         assert labels[1:][mask[1:]].tolist() == [symbols.count(s) for s in symbols]
         assert (labels[~mask] == -100).all() and (tokens[~mask] == 0).all()
+
+
+def test_rebuilds_from_a_checkpoint_alone(tmp_path):
+    from transformer_lesson.checkpoint import CheckpointError, save_checkpoint
+
+    model = Transformer(small(norm_first=False, tie_embeddings=False, tgt_vocab_size=11)).eval()
+    path = save_checkpoint(tmp_path / "model.pt", model)
+    again = Transformer.from_checkpoint(path).eval()
+    assert again.config == model.config
+    src, real = source_batch(torch.Generator().manual_seed(10))
+    tgt = torch.randint(0, 11, (3, 4))
+    assert torch.equal(again(src, real, tgt), model(src, real, tgt))
+    bare = save_checkpoint(tmp_path / "tagger.pt", nn.Linear(2, 2))  # a model without a config
+    with pytest.raises(CheckpointError, match="holds no model config"):
+        Transformer.from_checkpoint(bare)

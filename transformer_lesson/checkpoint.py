@@ -377,7 +377,11 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     Raises :class:`CheckpointError` when the file is not a readable checkpoint, or holds no model
     config (written before version 3, or by a model without a dataclass ``config``).
     """
-    payload = load_checkpoint(path)
+    return model_config_of(load_checkpoint(path), path)
+
+
+def model_config_of(payload: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The model config in a checkpoint already read (see :func:`read_model_config`)."""
     model_config = payload.get("model_config")
     if not model_config:
         raise CheckpointError(

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .attention import padding_mask
+from .checkpoint import apply_checkpoint, load_checkpoint, model_config_of
 from .multihead import MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .tokenizer import PAD_ID
@@ -445,6 +447,14 @@ class Transformer(nn.Module):
                 raise ValueError(f"Not TransformerConfig fields: {unknown}. Is this a Transformer's config?")
             config = TransformerConfig(**config)
         return cls(config)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Transformer:
+        """A model rebuilt from a checkpoint alone: the config stored in it, then its weights."""
+        payload = load_checkpoint(path, map_location=map_location)
+        model = cls.from_config(model_config_of(payload, path))
+        apply_checkpoint(payload, path, model)
+        return model
 
     def set_fast_attention(self, fast: bool) -> None:
         """Switch every attention of the model to the fast (fused) or the teaching path."""
