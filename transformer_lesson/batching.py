@@ -19,7 +19,7 @@ import random
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -44,6 +44,41 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> t
     # faster than the loop for a batch of 137 sentences; batches are built at every training step.)
     ids[mask] = torch.tensor([token for seq in sequences for token in seq], dtype=torch.long)
     return ids, mask
+
+
+def check_token_ids(tokens: Any, mask: Any, name: str, vocab_size: int, max_len: int,
+                      device: torch.device) -> None:
+    """Raise a clear error unless ``tokens`` is a (B, T) integer tensor on ``device`` that fits the model.
+
+    Checks the dtype, shape, device and length (positional table), the ``mask`` (B, T) boolean if
+    given, and, on the CPU, that every id is below ``vocab_size`` (on a GPU that check would make the
+    CPU wait for the device at every step; a bad id there ends in a device-side assertion).
+    """
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of token ids (B, T), got {type(tokens).__name__}.")
+    if tokens.dim() != 2:
+        raise ValueError(f"{name} has shape {tuple(tokens.shape)}, but (batch, time) token ids were expected"
+                         + (": add a batch dimension with .unsqueeze(0)." if tokens.dim() == 1 else "."))
+    if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got {tokens.dtype}.")
+    if tokens.device != device and not (tokens.device.type == device.type == "cpu"):
+        raise ValueError(f"{name} is on {tokens.device} but the model is on {device}: move it with "
+                         f"{name}.to({str(device)!r}) (a Batch: batch.to(device)).")
+    if tokens.shape[1] > max_len:
+        raise ValueError(f"{name} has {tokens.shape[1]} positions, but the positional table covers {max_len} "
+                         f"(TransformerConfig.max_len): cut the sequence, or build the model with a larger max_len.")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape:
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"{name}_mask must be a boolean tensor of {name}'s shape {tuple(tokens.shape)}, True "
+                             f"at real tokens; got {got}.")
+        if mask.device != tokens.device:
+            raise ValueError(f"{name}_mask is on {mask.device} but {name} on {tokens.device}.")
+    if tokens.device.type == "cpu" and tokens.numel():
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} holds token id {high if high >= vocab_size else low}, but the vocabulary has "
+                             f"ids 0 .. {vocab_size - 1}: the tokenizer and the model's vocab size disagree.")
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .attention import padding_mask
+from .batching import check_token_ids
 from .checkpoint import apply_checkpoint, load_checkpoint, model_config_of
 from .multihead import MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -404,37 +405,19 @@ class Transformer(nn.Module):
         nn.Transformer has no embeddings or output layer: those stay as they are. It always has a
         final norm after each stack, so build this model with ``final_norm=True``. Returns self.
         """
-        c = self.config
-        t_enc, t_dec = torch_transformer.encoder, torch_transformer.decoder
-        mismatch = []
-        if len(t_enc.layers) != c.n_encoder_layers or len(t_dec.layers) != c.n_decoder_layers:
-            mismatch.append(f"layers: torch {len(t_enc.layers)}+{len(t_dec.layers)}, "
-                            f"ours {c.n_encoder_layers}+{c.n_decoder_layers}")
-        if torch_transformer.d_model != c.d_model or torch_transformer.nhead != c.n_heads:
-            mismatch.append(f"d_model/n_heads: torch {torch_transformer.d_model}/{torch_transformer.nhead}, "
-                            f"ours {c.d_model}/{c.n_heads}")
-        first = (t_enc.layers or t_dec.layers)[0]
-        if first.linear1.out_features != c.d_ff:
-            mismatch.append(f"d_ff: torch {first.linear1.out_features}, ours {c.d_ff}")
-        if first.norm_first != c.norm_first:
-            mismatch.append(f"norm_first: torch {first.norm_first}, ours {c.norm_first}")
-        if (t_enc.norm is not None) != c.has_final_norm:
-            mismatch.append(f"final norm: torch {t_enc.norm is not None}, ours {c.has_final_norm}")
-        if mismatch:
-            raise ValueError("The torch.nn.Transformer does not have this model's shape: " + "; ".join(mismatch)
-                             + ". Build a TransformerConfig to match (nn.Transformer always has final norms: "
-                               "final_norm=True).")
-        with torch.no_grad():
-            for ours, theirs in zip(self.encoder.layers, t_enc.layers, strict=True):
-                _copy_attention(ours.self_attention, theirs.self_attn)
-                _copy_common(ours, theirs, n_norms=2)
-            for ours, theirs in zip(self.decoder.layers, t_dec.layers, strict=True):
-                _copy_attention(ours.self_attention, theirs.self_attn)
-                _copy_attention(ours.cross_attention, theirs.multihead_attn)
-                _copy_common(ours, theirs, n_norms=3)
-            for ours, theirs in ((self.encoder.norm, t_enc.norm), (self.decoder.norm, t_dec.norm)):
-                if theirs is not None:
-                    ours.load_state_dict(theirs.state_dict())
+        theirs = {_our_name(name): tensor for name, tensor in torch_transformer.state_dict().items()}
+        ours = {name: t for name, t in self.state_dict().items() if name.startswith(("encoder.", "decoder."))}
+        problems = [f"{n}: only in {'ours' if n in ours else 'torch'}" for n in sorted(set(ours) ^ set(theirs))]
+        problems += [f"{n}: torch {tuple(theirs[n].shape)}, ours {tuple(t.shape)}"
+                     for n, t in ours.items() if n in theirs and theirs[n].shape != t.shape]
+        torch_norm_first = next(iter(torch_transformer.encoder.layers)).norm_first
+        if torch_norm_first != self.config.norm_first:  # the same parameters, wired differently
+            problems.insert(0, f"norm_first: torch {torch_norm_first}, ours {self.config.norm_first}")
+        if problems:
+            raise ValueError("The torch.nn.Transformer does not have this model's shape:\n  "
+                             + "\n  ".join(problems[:8]) + "\nBuild a TransformerConfig to match "
+                             "(nn.Transformer always has final norms: final_norm=True).")
+        self.load_state_dict(theirs, strict=False)  # strict=False: embeddings and output layer stay
         return self
 
     @classmethod
@@ -466,7 +449,7 @@ class Transformer(nn.Module):
     # -- input checks ----------------------------------------------------------------------------
 
     def _check_tokens(self, tokens: torch.Tensor, mask: torch.Tensor | None, name: str, vocab_size: int) -> None:
-        check_token_input(tokens, mask, name, vocab_size, self.config.max_len, self.src_embedding.weight.device)
+        check_token_ids(tokens, mask, name, vocab_size, self.config.max_len, self.src_embedding.weight.device)
 
 
 def _positional(config: TransformerConfig) -> nn.Module:
@@ -475,52 +458,16 @@ def _positional(config: TransformerConfig) -> nn.Module:
     return SinusoidalPositionalEncoding(config.d_model, config.max_len, config.dropout)
 
 
-def _copy_attention(ours: MultiHeadAttention, theirs: nn.MultiheadAttention) -> None:
-    ours.in_proj.weight.copy_(theirs.in_proj_weight)
-    ours.in_proj.bias.copy_(theirs.in_proj_bias)
-    ours.out_proj.load_state_dict(theirs.out_proj.state_dict())
+_TORCH_NAMES = (("self_attn.", "self_attention."), ("multihead_attn.", "cross_attention."),
+                ("in_proj_weight", "in_proj.weight"), ("in_proj_bias", "in_proj.bias"),
+                ("linear1.", "feed_forward.linear1."), ("linear2.", "feed_forward.linear2."))
 
 
-def _copy_common(ours: nn.Module, theirs: nn.Module, n_norms: int) -> None:
-    ours.feed_forward.linear1.load_state_dict(theirs.linear1.state_dict())
-    ours.feed_forward.linear2.load_state_dict(theirs.linear2.state_dict())
-    for k in range(1, n_norms + 1):
-        getattr(ours, f"norm{k}").load_state_dict(getattr(theirs, f"norm{k}").state_dict())
-
-
-def check_token_input(tokens: Any, mask: Any, name: str, vocab_size: int, max_len: int,
-                      device: torch.device) -> None:
-    """Raise a clear error unless ``tokens`` is a (B, T) integer tensor on ``device`` that fits the model.
-
-    Checks the dtype, shape, device and length (positional table), the ``mask`` (B, T) boolean if
-    given, and, on the CPU, that every id is below ``vocab_size`` (on a GPU that check would make the
-    CPU wait for the device at every step; a bad id there ends in a device-side assertion).
-    """
-    if not isinstance(tokens, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of token ids (B, T), got {type(tokens).__name__}.")
-    if tokens.dim() != 2:
-        raise ValueError(f"{name} has shape {tuple(tokens.shape)}, but (batch, time) token ids were expected"
-                         + (": add a batch dimension with .unsqueeze(0)." if tokens.dim() == 1 else "."))
-    if tokens.dtype not in (torch.long, torch.int32, torch.int64):
-        raise TypeError(f"{name} must hold integer token ids (torch.long), got {tokens.dtype}.")
-    if tokens.device != device and not (tokens.device.type == device.type == "cpu"):
-        raise ValueError(f"{name} is on {tokens.device} but the model is on {device}: move it with "
-                         f"{name}.to({str(device)!r}) (a Batch: batch.to(device)).")
-    if tokens.shape[1] > max_len:
-        raise ValueError(f"{name} has {tokens.shape[1]} positions, but the positional table covers {max_len} "
-                         f"(TransformerConfig.max_len): cut the sequence, or build the model with a larger max_len.")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape:
-            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"{name}_mask must be a boolean tensor of {name}'s shape {tuple(tokens.shape)}, True "
-                             f"at real tokens; got {got}.")
-        if mask.device != tokens.device:
-            raise ValueError(f"{name}_mask is on {mask.device} but {name} on {tokens.device}.")
-    if tokens.device.type == "cpu" and tokens.numel():
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= vocab_size:
-            raise ValueError(f"{name} holds token id {high if high >= vocab_size else low}, but the vocabulary has "
-                             f"ids 0 .. {vocab_size - 1}: the tokenizer and the model's vocab size disagree.")
+def _our_name(torch_name: str) -> str:
+    """A parameter's name in nn.Transformer -> here (``...self_attn.in_proj_weight`` -> ``...in_proj.weight``)."""
+    for theirs, ours in _TORCH_NAMES:
+        torch_name = torch_name.replace(theirs, ours)
+    return torch_name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +495,7 @@ class EncoderTagger(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False):
         """Logits (B, T, n_classes); with ``need_weights``, also each layer's weights (L, B, H, T, T)."""
-        check_token_input(tokens, mask, "tokens", self.config.src_vocab_size, self.config.max_len,
+        check_token_ids(tokens, mask, "tokens", self.config.src_vocab_size, self.config.max_len,
                           self.embedding.weight.device)
         x, weights = self.encoder(self.positions(self.embedding(tokens)), mask, need_weights)
         logits = self.classifier(x)
