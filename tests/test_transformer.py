@@ -281,3 +281,27 @@ def test_rebuilds_from_a_checkpoint_alone(tmp_path):
     bare = save_checkpoint(tmp_path / "tagger.pt", nn.Linear(2, 2))  # a model without a config
     with pytest.raises(CheckpointError, match="holds no model config"):
         Transformer.from_checkpoint(bare)
+
+
+def test_translate_and_bleu_work_on_it_unchanged():
+    from transformer_lesson.evaluation import evaluate_bleu, translate
+    from transformer_lesson.tokenizer import multi30k_tokenizer
+
+    tokenizer = multi30k_tokenizer(8000)
+    seed_everything(0)
+    model = Transformer(small(src_vocab_size=tokenizer.vocab_size, max_len=64)).eval()
+    out = translate(model, tokenizer, ["Ein Hund läuft.", "Zwei Männer spielen Fußball im Park."], "cpu", max_len=6)
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    report = evaluate_bleu(model, tokenizer, [("Ein Hund.", "A dog.")], "cpu")
+    assert 0.0 <= report.bleu.score <= 100.0
+
+
+def test_translate_stays_within_the_positional_table():
+    from transformer_lesson.evaluation import translate
+    from transformer_lesson.tokenizer import multi30k_tokenizer
+
+    tokenizer = multi30k_tokenizer(8000)
+    model = Transformer(small(src_vocab_size=tokenizer.vocab_size, max_len=12)).eval()
+    with pytest.warns(UserWarning, match="truncated to their first 12 tokens"):
+        (out,) = translate(model, tokenizer, ["Zwei junge Männer spielen im grünen Park mit einem roten Ball. " * 3], "cpu")
+    assert len(tokenizer.encode(out)) <= 12

@@ -44,12 +44,16 @@ def translate(
 
     Sentences are batched by length. ``max_len`` caps each translation's tokens (default: twice
     the batch's longest source plus 10). Empty sentences translate to ``""`` and sources longer
-    than ``max_src_len`` tokens are truncated, each with a warning, never an error. Characters the
-    tokenizer never saw are spelled as bytes, so any text can be encoded.
+    than ``max_src_len`` tokens are truncated, each with a warning, never an error. A model with a
+    ``max_positions`` attribute (the Transformer: the length of its positional table) caps both
+    lengths at it. Characters the tokenizer never saw are spelled as bytes, so any text can be encoded.
     """
     single = isinstance(sentences, str)
     texts = [sentences] if single else list(sentences)
     device = torch.device(device)
+    positions = getattr(model, "max_positions", None)
+    if positions is not None:
+        max_src_len = min(max_src_len, positions)
     encoded = tokenizer.encode_batch([t.strip() for t in texts]) if texts else []
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
@@ -65,6 +69,7 @@ def translate(
         indices = order[start:start + batch_size]
         src, src_mask = pad_sequences([encoded[i] for i in indices])
         limit = max_len if max_len is not None else 2 * src.shape[1] + 10
+        limit = limit if positions is None else min(limit, positions)
         hypotheses = greedy_decode(model, src.to(device), src_mask.to(device), max_len=limit)
         for i, ids in zip(indices, hypotheses, strict=True):
             results[i] = tokenizer.decode(ids)

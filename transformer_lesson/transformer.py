@@ -439,6 +439,11 @@ class Transformer(nn.Module):
         apply_checkpoint(payload, path, model)
         return model
 
+    @property
+    def max_positions(self) -> int:
+        """The longest source, and the most decoding steps, the positional tables allow."""
+        return self.config.max_len
+
     def set_fast_attention(self, fast: bool) -> None:
         """Switch every attention of the model to the fast (fused) or the teaching path."""
         for module in self.modules():
