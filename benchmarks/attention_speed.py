@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 
 import torch
@@ -31,24 +30,7 @@ from torch import nn
 from transformer_lesson import attention
 from transformer_lesson.attention import padding_mask
 from transformer_lesson.multihead import MultiHeadAttention
-from transformer_lesson.timing import measure
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+from transformer_lesson.timing import describe_device, measure
 
 
 def step(module, x, real, ours: bool):
@@ -95,7 +77,7 @@ def main() -> None:
 
     masking = ("no mask" if args.no_mask
                else "padding mask (last quarter of every other row padded)")
-    print(f"device: {device_name(device)} ({device.type})")
+    print(f"device: {describe_device(device)}")
     print(f"torch {torch.__version__}, float32, batch {args.batch}, d_model {args.d_model}, "
           f"{args.heads} heads, {masking}, "
           f"forward + backward, median of {args.repeats} calls each, taken in turns; "

@@ -110,3 +110,15 @@ def test_distributed_helpers_in_a_single_process_and_in_a_process_group(tmp_path
     finally:
         dist.destroy_process_group()
     assert runtime.unwrap(nn.DataParallel(inner)) is inner and runtime.unwrap(inner) is inner
+
+
+def test_describe_device_names_the_cpu_and_the_threads_a_timing_used():
+    from transformer_lesson.timing import describe_device
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        text = describe_device("cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert text.endswith("1 torch threads (cpu)") and "cores" in text

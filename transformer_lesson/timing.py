@@ -8,6 +8,8 @@ reported is the median of several repeats, which ignores the odd slow run.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -72,3 +74,23 @@ def measure(
         repeats=len(samples),
         device=str(torch.device(device)),
     )
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), for reports of timings."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def describe_device(device: torch.device | str) -> str:
+    """What a timing ran on: the GPU's name, or the CPU's with its cores and PyTorch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda, CUDA {torch.version.cuda})"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads ({device.type})"
