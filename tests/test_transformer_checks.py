@@ -51,6 +51,7 @@ def test_feed_forward_passes_a_right_answer(capsys):
     (lambda x, W1, b1, W2, b2: F.linear(F.linear(x, W1, b1), W2, b2), "No non-linearity"),
     (lambda x, W1, b1, W2, b2: F.relu(F.linear(F.relu(F.linear(x, W1, b1)), W2, b2)), "ReLU on the output"),
     (lambda x, W1, b1, W2, b2: F.linear(F.relu(x @ W1.T), W2, b2), "A bias is missing"),
+    (lambda x, W1, b1, W2, b2: F.relu(x @ W2 + b1) @ W1 + b2, "The two matrices are swapped"),
     (lambda x, W1, b1, W2, b2: F.relu(x @ W1 + b1) @ W2 + b2, "multiply by W1.T"),
     (lambda x, W1, b1, W2, b2: None, "forget the `return`"),
     (lambda x, W1, b1, W2, b2: ff_right(x, W1, b1, W2, b2).numpy(), "should be a torch.Tensor but is a ndarray"),
@@ -80,6 +81,8 @@ def test_embed_passes_a_right_answer_in_float64_too():
      "instead of its square root"),
     (lambda tokens, weight, table: F.embedding(tokens, weight) * math.sqrt(weight.shape[1]) + table,
      "take the first T rows"),
+    (lambda tokens, weight, table: F.embedding(tokens, weight) * math.sqrt(weight.shape[1]) + table[tokens],
+     "indexed by token id"),
     (lambda tokens, weight, table: (F.embedding(tokens, weight) * math.sqrt(weight.shape[1])
                                     + table[: tokens.shape[1]]).long(), "dtype torch.int64"),
 ])
@@ -145,6 +148,45 @@ def encoder_mask_wrong_shape(layer, x, real):
     return layer.norm2(x + layer.feed_forward(x))
 
 
+def encoder_dropout_on_the_sum(layer, x, real):
+    mask = padding_mask(real)
+    if layer.norm_first:
+        x = layer.dropout1(x + layer.self_attention(layer.norm1(x), mask=mask)[0])
+        return layer.dropout2(x + layer.feed_forward(layer.norm2(x)))
+    x = layer.norm1(layer.dropout1(x + layer.self_attention(x, mask=mask)[0]))
+    return layer.norm2(layer.dropout2(x + layer.feed_forward(x)))
+
+
+def encoder_without_dropout(layer, x, real):
+    mask = padding_mask(real)
+    if layer.norm_first:
+        x = x + layer.self_attention(layer.norm1(x), mask=mask)[0]
+        return x + layer.feed_forward(layer.norm2(x))
+    x = layer.norm1(x + layer.self_attention(x, mask=mask)[0])
+    return layer.norm2(x + layer.feed_forward(x))
+
+
+def _inverted_mask(layer, x, real):
+    mask = ~padding_mask(real)
+    if layer.norm_first:
+        x = x + layer.dropout1(layer.self_attention(layer.norm1(x), mask=mask)[0])
+        return x + layer.dropout2(layer.feed_forward(layer.norm2(x)))
+    x = layer.norm1(x + layer.dropout1(layer.self_attention(x, mask=mask)[0]))
+    return layer.norm2(x + layer.dropout2(layer.feed_forward(x)))
+
+
+def test_encoder_layer_accepts_the_dropout_written_functionally():
+    def functional(layer, x, real):
+        mask = padding_mask(real)
+        drop = lambda h: F.dropout(h, 0.25, training=layer.training)  # noqa: E731
+        if layer.norm_first:
+            x = x + drop(layer.self_attention(layer.norm1(x), mask=mask)[0])
+            return x + drop(layer.feed_forward(layer.norm2(x)))
+        x = layer.norm1(x + drop(layer.self_attention(x, mask=mask)[0]))
+        return layer.norm2(x + drop(layer.feed_forward(x)))
+    check_encoder_layer(functional, quiet=True)
+
+
 def test_encoder_layer_passes_a_right_answer_and_keeps_the_random_state(capsys):
     state = torch.get_rng_state()
     check_encoder_layer(encoder_right)
@@ -159,6 +201,11 @@ def test_encoder_layer_passes_a_right_answer_and_keeps_the_random_state(capsys):
     (encoder_dropout_always_on, ["dropout is still on"]),
     (encoder_no_padding_mask, ["padding mask is not passed", "padding leaks into the attention"]),
     (encoder_mask_wrong_shape, ["padding leaks into the attention"]),
+    (encoder_dropout_on_the_sum, ["not in train() mode", "the sum itself is not dropped out"]),
+    (encoder_without_dropout, ["not in train() mode"]),
+    (lambda layer, x, real: encoder_right(layer, x, real) if False else _inverted_mask(layer, x, real),
+     ["The padding mask is inverted"]),
+    (lambda layer, x, real: layer.feed_forward(layer.self_attention(layer.norm1(x))), ["take the output with [0]"]),
 ])
 def test_encoder_layer_names_the_mistake(answer, fragments):
     fails_with(check_encoder_layer, answer, *fragments)
@@ -192,7 +239,8 @@ def test_causal_self_attention_names_the_mistake(answer, fragments):
 # -- decoder layer -------------------------------------------------------------------------------
 
 
-def decoder(layer, x, memory, real, causal=True, cross_from="memory", pad_mask=True, residual=True, swap=False):
+def decoder(layer, x, memory, real, causal=True, cross_from="memory", pad_mask=True, residual=True, swap=False,
+            residual_dropout=False):
     """A decoder layer written out, with switches for the usual slips."""
     mask = padding_mask(real) if pad_mask else None
 
@@ -207,7 +255,9 @@ def decoder(layer, x, memory, real, causal=True, cross_from="memory", pad_mask=T
     for norm, drop, block in zip((layer.norm1, layer.norm2, layer.norm3),
                                  (layer.dropout1, layer.dropout2, layer.dropout3),
                                  [*blocks, layer.feed_forward], strict=True):
-        if layer.norm_first:
+        if residual_dropout:  # the dropout on the residual sum instead of the sub-layer's output
+            x = drop(x + block(norm(x))) if layer.norm_first else norm(drop(x + block(x)))
+        elif layer.norm_first:
             x = (x if residual else 0) + drop(block(norm(x)))
         else:
             x = norm((x if residual else 0) + drop(block(x)))
@@ -220,10 +270,11 @@ def test_decoder_layer_passes_a_right_answer():
 
 @pytest.mark.parametrize(("switches", "fragments"), [
     (dict(causal=False), ["has no causal mask", "they see the future"]),
-    (dict(cross_from="decoder"), ["takes its keys and values from the decoder"]),
+    (dict(cross_from="decoder"), ["takes its keys and values from the decoder", "does not change when the memory"]),
     (dict(pad_mask=False), ["attends to the source's padding", "padding leaks"]),
     (dict(residual=False), ["A residual connection is missing"]),
     (dict(swap=True), ["in the wrong order"]),
+    (dict(residual_dropout=True), ["not in train() mode"]),
 ])
 def test_decoder_layer_names_the_mistake(switches, fragments):
     fails_with(check_decoder_layer, lambda layer, x, memory, real: decoder(layer, x, memory, real, **switches),
@@ -262,6 +313,7 @@ def count_right(config):
 
 def test_count_parameters_passes_a_right_answer_also_as_a_tensor_or_float():
     check_count_parameters(count_right, quiet=True)
+    check_count_parameters(lambda c: np.int64(count_right(c)), quiet=True)
     check_count_parameters(lambda c: torch.tensor(count_right(c)), quiet=True)
     check_count_parameters(lambda c: float(count_right(c)), quiet=True)
 
@@ -281,7 +333,8 @@ def test_the_mistakes_base_count_is_the_models():
     (lambda c: count_right(c) - c.n_decoder_layers * (4 * c.d_model ** 2 + 6 * c.d_model), "cross-attention"),
     (lambda c: count_right(c) - (4 * c.d_model if c.has_final_norm else 0), "final norms are missing"),
     (lambda c: str(count_right(c)), "should return an int"),
-    (lambda c: np.int64(count_right(c)) + 1, "should return an int"),
+    (lambda c: np.int64(count_right(c)) + 1, "off by +1"),
+    (lambda c: count_right(c) - 2 * c.d_model, "off by -24 = -2 x d_model"),
 ])
 def test_count_parameters_names_the_mistake(answer, fragment):
     fails_with(check_count_parameters, answer, fragment)

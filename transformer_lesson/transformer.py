@@ -10,8 +10,8 @@ one of two ways (``norm_first``):
 
 * post-norm, the paper's: ``x = norm(x + sublayer(x))``;
 * pre-norm, most modern code's and **this package's default**: ``x = x + sublayer(norm(x))``, with
-  one more norm at the end of each stack. The residual path is then a clean sum, which is why
-  pre-norm trains without learning-rate warm-up where post-norm often does not (lesson 07 measures it).
+  one more norm at the end of each stack. The residual path is then a clean sum: one reason why, in
+  lesson 07's measurements, pre-norm trained without learning-rate warm-up where post-norm did not.
 
 The weights are laid out like ``torch.nn.Transformer``'s, so :meth:`Transformer.load_from_torch`
 copies a PyTorch model's layers over and gives the same outputs. Masks follow the course

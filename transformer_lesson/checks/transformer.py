@@ -15,11 +15,13 @@ token does (the causal mask), and nothing may change when padded source position
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
 
 from ..attention import causal_mask, padding_mask
+from ..multihead import MultiHeadAttention
 from ..transformer import DecoderLayer, EncoderLayer, Transformer, TransformerConfig
 from .core import CheckFailed, Mistake, check_against, explain_crashes
 
@@ -41,6 +43,9 @@ FEED_FORWARD_MISTAKES = [
     Mistake("ReLU applied before the first layer instead of after it: relu(x) @ W1.T loses every negative "
             "input feature. The order is linear1, ReLU, linear2.",
             lambda x, W1, b1, W2, b2: (torch.relu(x) @ W1.T + b1) @ W2.T + b2),
+    Mistake("The two matrices are swapped: nn.Linear stores W1 as (d_ff, d_model), so x @ W2 happens to fit "
+            "but multiplies by the wrong layer. The first layer is x @ W1.T + b1, the second h @ W2.T + b2.",
+            lambda x, W1, b1, W2, b2: torch.relu(x @ W2 + b1) @ W1 + b2),
     Mistake("A bias is missing: add b1 after the first product and b2 after the second.",
             lambda x, W1, b1, W2, b2: torch.relu(x @ W1.T) @ W2.T + b2),
     Mistake("A bias is missing: add b2 after the second product.",
@@ -80,6 +85,9 @@ EMBED_MISTAKES = [
     Mistake("The positions are scaled too: (embedding + positions) * sqrt(d_model). Scale the embedding "
             "alone, then add the positions.",
             lambda tokens, weight, table: (weight[tokens] + table[: tokens.shape[1]]) * math.sqrt(weight.shape[1])),
+    Mistake("The positional table is indexed by token id: row p of the table belongs to POSITION p, so add "
+            "table[:T] (one row per position), not table[tokens].",
+            lambda tokens, weight, table: weight[tokens] * math.sqrt(weight.shape[1]) + table[tokens]),
     Mistake("Scaled by d_model instead of its square root.",
             lambda tokens, weight, table: weight[tokens] * weight.shape[1] + table[: tokens.shape[1]]),
     Mistake("Divided by sqrt(d_model) instead of multiplying (the 1/sqrt(d_k) belongs to attention scores).",
@@ -98,7 +106,7 @@ def _embed_inputs(generator):
 
 
 def _embed_hint(error: Exception) -> str:
-    if "size of tensor a" in str(error) or "must match the size" in str(error):
+    if "non-singleton dimension 1" in str(error):
         return ("\nHint: the table has max_len rows, more than the T positions of the input: take the first "
                 "T rows, table[:T].")
     return ""
@@ -209,6 +217,48 @@ ENCODER_MISTAKES = [
 ]
 
 
+ENCODER_MISTAKES.append(Mistake(
+    "The padding mask is inverted (~padding_mask(real)): in this course True = may attend, so pass "
+    "padding_mask(real) itself; inverted, real tokens attend only to the padding.",
+    lambda x, real, seed, nf: _encoder_with(lambda layer, x, attend, nf: _sublayers(
+        layer, x, nf, [lambda h: layer.self_attention(h, mask=~padding_mask(real))[0]]))(x, real, seed, nf)))
+
+
+def _tuple_hint(error: Exception) -> str:
+    if "tuple" in str(error):
+        return ("\nHint: the attention modules return (output, weights): take the output with [0], e.g. "
+                "layer.self_attention(h, mask=mask)[0].")
+    return ""
+
+
+def _train_mode_trial(kind, student, reference, make_inputs, name: str) -> None:
+    """Compare ``student`` with ``reference`` (each called as f(layer, *inputs)) in train() mode, same dropout masks.
+
+    Only the layer's own dropout1..3 stay on (the attention's and the feed-forward network's inner dropouts
+    are set to 0), and both calls start from the same random state, so an answer that applies each
+    dropout where the package does draws the same masks.
+    """
+    for norm_first in (True, False):
+        inputs = make_inputs(torch.Generator().manual_seed(4242))
+        layer = _layer(kind, 4242, norm_first).train()
+        for module in layer.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.dropout = 0.0
+        layer.feed_forward.dropout.p = 0.0
+        torch.manual_seed(1)
+        expected = reference(layer, *inputs)
+        torch.manual_seed(1)
+        actual = student(layer, *inputs)
+        if not (isinstance(actual, torch.Tensor) and actual.shape == expected.shape
+                and torch.allclose(actual, expected, atol=1e-5, rtol=1e-4)):
+            placement = "pre-norm" if norm_first else "post-norm"
+            raise CheckFailed(
+                f"{name} matches the package in eval() mode but not in train() mode ({placement}): a dropout is "
+                f"missing or in the wrong place. Each sub-layer's output goes through its own dropout (dropout1 "
+                f"after the first sub-layer, dropout2 after the second, ...) before it is added to x; the sum "
+                f"itself is not dropped out.")
+
+
 def _no_residual(layer, x, attend, norm_first):
     for norm, drop, block in ((layer.norm1, layer.dropout1, attend), (layer.norm2, layer.dropout2, layer.feed_forward)):
         x = drop(block(norm(x))) if norm_first else norm(drop(block(x)))
@@ -271,7 +321,8 @@ def check_encoder_layer(student: Callable, trials: int = 6, quiet: bool = False)
     ``layer`` is an :class:`~transformer_lesson.transformer.EncoderLayer`; ``layer.norm_first`` is
     True for pre-norm and False for post-norm, and the check tries both.
     """
-    guarded = _deterministic(explain_crashes(student, "encoder_layer"), "encoder_layer")
+    crash_explained = explain_crashes(student, "encoder_layer", hint_for=_tuple_hint)
+    guarded = _deterministic(crash_explained, "encoder_layer")
 
     def call(x, real, seed, norm_first):
         return guarded(_layer(EncoderLayer, seed, norm_first), x, real)
@@ -280,6 +331,9 @@ def check_encoder_layer(student: Callable, trials: int = 6, quiet: bool = False)
         call, _encoder_reference, _encoder_inputs, name="encoder_layer", trials=trials, mistakes=ENCODER_MISTAKES,
         dims=("batch", "time", "d_model"), quiet=True, confirm_mistakes=True,
         hint=_padding_hint(call, "x"))
+    _keep_random_state(_train_mode_trial)(
+        EncoderLayer, crash_explained, lambda layer, x, real: layer(x, padding_mask(real))[0],
+        lambda g: [v for k, v in _encoder_inputs(g).items() if k in ("x", "real")], "encoder_layer")
     if not quiet:
         print(f"✓ encoder_layer: matches the package's EncoderLayer on {trials} random inputs, pre-norm and post-norm.")
 
@@ -331,7 +385,8 @@ def _future_hint(student, key: str = "x"):
         if isinstance(again, torch.Tensor) and again.shape == actual.shape and again.dim() == 3 \
                 and not torch.allclose(again[:, :-1], actual[:, :-1], atol=1e-5):
             return ("Changing only the LAST target position changed your outputs at earlier positions: they "
-                    "see the future. The self-attention needs the causal mask.")
+                    "see the future. The self-attention needs the causal mask (and in a decoder layer, the "
+                    "cross-attention's keys and values must come from the memory, not from x).")
         return None
     return hint
 
@@ -413,11 +468,28 @@ def _decoder_inputs(generator):
             "norm_first": bool(torch.randint(0, 2, (1,), generator=generator))}
 
 
+def _memory_unused_hint(student):
+    """A hint for a decoder layer whose output ignores the memory (cross-attention on x)."""
+    def hint(actual, expected, inputs):
+        other = dict(inputs)
+        other["memory"] = inputs["memory"] * -2.0 + 1.0
+        again = student(*other.values())
+        if isinstance(again, torch.Tensor) and isinstance(actual, torch.Tensor) and again.shape == actual.shape \
+                and torch.allclose(again, actual, atol=1e-6):
+            return ("Your output does not change when the memory does: the cross-attention must take its keys "
+                    "and values from memory, layer.cross_attention(h, memory, memory, mask=...); only its "
+                    "queries come from x.")
+        return None
+    return hint
+
+
 def _decoder_hints(call):
-    future, padding = _future_hint(call), _padding_hint(call, "memory")
+    memory, future, padding = _memory_unused_hint(call), _future_hint(call), _padding_hint(call, "memory")
 
     def hint(actual, expected, inputs):
-        return "\n".join(h for h in (future(actual, expected, inputs), padding(actual, expected, inputs)) if h) or None
+        unused = memory(actual, expected, inputs)  # if so, x is attended twice and "the future" is a symptom
+        found = [unused] if unused else [future(actual, expected, inputs), padding(actual, expected, inputs)]
+        return "\n".join(h for h in found if h) or None
     return hint
 
 
@@ -427,7 +499,8 @@ def check_decoder_layer(student: Callable, trials: int = 6, quiet: bool = False)
     Tries pre-norm and post-norm layers (``layer.norm_first``), sources with padding, and checks
     that no position sees a later one and that padded source positions change nothing.
     """
-    guarded = _deterministic(explain_crashes(student, "decoder_layer"), "decoder_layer")
+    crash_explained = explain_crashes(student, "decoder_layer", hint_for=_tuple_hint)
+    guarded = _deterministic(crash_explained, "decoder_layer")
 
     def call(x, memory, real, seed, norm_first):
         return guarded(_layer(DecoderLayer, seed, norm_first), x, memory, real)
@@ -435,6 +508,13 @@ def check_decoder_layer(student: Callable, trials: int = 6, quiet: bool = False)
     _keep_random_state(check_against)(
         call, _decoder_reference, _decoder_inputs, name="decoder_layer", trials=trials, mistakes=DECODER_MISTAKES,
         dims=("batch", "time", "d_model"), quiet=True, confirm_mistakes=True, hint=_decoder_hints(call))
+
+    def reference(layer, x, memory, real):
+        return layer(x, layer.cross_attention.project_keys_values(memory), padding_mask(real))[0]
+
+    _keep_random_state(_train_mode_trial)(
+        DecoderLayer, crash_explained, reference,
+        lambda g: [v for k, v in _decoder_inputs(g).items() if k in ("x", "memory", "real")], "decoder_layer")
     if not quiet:
         print(f"✓ decoder_layer: matches the package's DecoderLayer on {trials} random inputs, pre-norm and "
               f"post-norm, causal and blind to padding.")
@@ -506,10 +586,20 @@ def check_count_parameters(student: Callable, trials: int = 8, quiet: bool = Fal
             answer = answer.item()
         if isinstance(answer, float) and answer.is_integer():
             answer = int(answer)
+        if isinstance(answer, numbers.Integral) and not isinstance(answer, bool):
+            answer = int(answer)  # a NumPy integer is fine
         if answer is not None and not isinstance(answer, int):
             raise CheckFailed(f"count_parameters should return an int, got {type(answer).__name__} {answer!r}.")
         return answer
 
+    def difference(actual, expected, inputs):
+        if not isinstance(actual, int):
+            return None
+        d = inputs["config"].d_model
+        off = actual - expected
+        in_d = f" = {off // d:+,} x d_model" if off % d == 0 else ""
+        return f"Your count is off by {off:+,}{in_d} (d_model = {d}): which parameters does that many make?"
+
     check_against(call, _count, _count_inputs, name="count_parameters", trials=trials, mistakes=COUNT_MISTAKES,
-                  quiet=quiet, confirm_mistakes=True)
+                  quiet=quiet, confirm_mistakes=True, hint=difference)
 
