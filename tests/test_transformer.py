@@ -39,6 +39,7 @@ def source_batch(generator, batch=3, length=7, vocab=20):
 
 
 @BOTH_NORMS
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # PyTorch's note about its own fast path
 def test_same_outputs_as_torch_nn_transformer(norm_first):
     torch.manual_seed(0)
     theirs = nn.Transformer(16, 4, 2, 2, 32, dropout=0.0, batch_first=True, norm_first=norm_first).double().eval()
