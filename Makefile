@@ -5,10 +5,12 @@ comma  := ,
 PYTHON ?= python3
 VENV   ?= .venv
 EXTRAS ?= dev
+LAB_ARGS ?=
+COURSE ?= build/course
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install lab test lint unit notebooks student validate strip clean
+.PHONY: install lab test lint unit notebooks student validate course strip clean
 
 install: $(STAMP)
 
@@ -18,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
+# As root (a container, a cloud VM) JupyterLab refuses to start without --allow-root.
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
 
 lint: install
 	$(VENV)/bin/ruff check $(wildcard transformer_lesson tests notebooks benchmarks)
@@ -39,6 +42,13 @@ student: install
 
 validate: install
 	$(PY) -m transformer_lesson.exercises validate --source notebooks
+
+# An nbgrader course folder in $(COURSE) with the notebooks as assignment "lessons", and its release
+# versions (docs/instructors.md). `make clean` deletes build/: for a real course, set COURSE outside it.
+course:
+	$(MAKE) install EXTRAS=dev,instructor
+	$(PY) -m transformer_lesson.exercises course $(COURSE) --source notebooks
+	cd $(COURSE) && $(abspath $(VENV))/bin/nbgrader generate_assignment lessons --force
 
 strip: install
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb

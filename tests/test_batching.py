@@ -114,3 +114,32 @@ def test_translation_data_batches_serve_one_processs_share():
     served = [[b.src for b in share] for share in shares]
     expected = [[data.batch(indices).src for indices in shard(whole, rank, 2)] for rank in range(2)]
     assert all(torch.equal(a, b) for rank in range(2) for a, b in zip(served[rank], expected[rank], strict=True))
+
+
+def test_groups_and_worker_processes_serve_the_same_batches():
+    tok = multi30k_tokenizer(2000)
+    data = TranslationData(load_multi30k("val", limit=100), tok)
+    plain = list(data.batches(300, seed=3))
+    groups = list(data.batches(300, seed=3, group=2))
+    assert len(groups) == len(plain) // 2 == len(data.batches(300, seed=3, group=2))
+    assert all(len(g) == 2 for g in groups)  # an incomplete last group is dropped
+    flat = [b for g in groups for b in g]
+    pairs = zip(flat, plain[: len(flat)], strict=True)
+    assert all(torch.equal(a.src, b.src) and torch.equal(a.tgt_out, b.tgt_out) for a, b in pairs)
+    from_workers = list(data.batches(300, seed=3, num_workers=2))
+    assert len(from_workers) == len(plain)
+    pairs = zip(from_workers, plain, strict=True)
+    assert all(torch.equal(a.src, b.src) and torch.equal(a.tgt_in, b.tgt_in) for a, b in pairs)
+    with pytest.raises(ValueError, match="group must be an int >= 1"):
+        data.batches(300, group=0)
+
+
+def test_pinned_batches_are_pinned_once_each(monkeypatch):
+    """pin_memory=True (a GPU run) puts every served batch in page-locked memory."""
+    from transformer_lesson.batching import Batch
+
+    pinned = []
+    monkeypatch.setattr(Batch, "pin_memory", lambda self: pinned.append(self) or self)
+    data = TranslationData(load_multi30k("val", limit=50), multi30k_tokenizer(2000))
+    served = list(data.batches(300, seed=1, pin_memory=True))
+    assert len(pinned) == len(served) > 0 and all(a is b for a, b in zip(pinned, served, strict=True))

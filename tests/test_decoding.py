@@ -218,3 +218,106 @@ def test_check_explains_last_tokens_of_the_wrong_shape():
 
     with pytest.raises(CheckFailed, match=r"(?s)raised ValueError.*last_tokens should be \(batch,\).*argmax\(dim=-1\)"):
         check_greedy_decode(argmax_over_batch)
+
+
+# -- beam search and the uncached decoder (lesson 10) --------------------------------------------
+
+import itertools  # noqa: E402
+import math  # noqa: E402
+
+from transformer_lesson.decoding import Uncached, beam_search, length_penalty  # noqa: E402
+from transformer_lesson.transformer import Transformer, TransformerConfig  # noqa: E402
+
+
+class Markov(nn.Module):
+    """A fake model whose next-token log-probabilities depend on the last token and the position."""
+
+    def __init__(self, vocab=5, max_len=4, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(max_len + 1, vocab, vocab, generator=generator) * 2  # (position, last, next)
+        self.source_bias = torch.randn(8, vocab, generator=generator)  # each sentence its own preferences
+
+    def start_decoding(self, src, src_mask):
+        return {"t": torch.zeros(src.shape[0], dtype=torch.long), "bias": self.source_bias[src[:, 0]]}
+
+    def decode_step(self, state, last_tokens):
+        logits = self.table[state["t"], last_tokens] + state["bias"]
+        return logits, {**state, "t": state["t"] + 1}
+
+    def log_prob(self, first_token, tokens):
+        state, last, total = self.start_decoding(torch.tensor([[first_token]]), None), torch.tensor([BOS_ID]), 0.0
+        for token in tokens:
+            logits, state = self.decode_step(state, last)
+            total += torch.log_softmax(logits, -1)[0, token].item()
+            last = torch.tensor([token])
+        return total
+
+
+def exhaustive_best(model, first_token, vocab, max_len, alpha):
+    """The best penalised hypothesis by trying every one: ending in <eos> at any length, or at max_len without."""
+    best, best_tokens = -math.inf, None
+    words = [t for t in range(vocab) if t != EOS_ID]
+    for length in range(0, max_len + 1):
+        for body in itertools.product(words, repeat=length):
+            ends = [list(body) + [EOS_ID]] if length < max_len else []
+            ends += [list(body)] if length == max_len else []
+            for tokens in ends:
+                score = model.log_prob(first_token, tokens) / length_penalty(len(tokens), alpha)
+                if score > best:
+                    best, best_tokens = score, [t for t in tokens if t != EOS_ID]
+    return best_tokens
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_a_wide_enough_beam_finds_the_best_hypothesis(alpha):
+    vocab, max_len = 5, 3
+    model = Markov(vocab, max_len)
+    src = torch.arange(6)[:, None]  # six sentences, each with its own bias
+    found = beam_search(model, src, torch.ones_like(src, dtype=torch.bool), beam_size=vocab ** max_len,
+                        max_len=max_len, alpha=alpha)
+    assert found == [exhaustive_best(model, s, vocab, max_len, alpha) for s in range(6)]
+    assert all(EOS_ID not in h for h in found)  # a finished hypothesis is never extended past <eos>
+
+
+def small_transformer(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(TransformerConfig(src_vocab_size=30, d_model=16, n_heads=2, n_encoder_layers=2,
+                                         n_decoder_layers=2, d_ff=32, dropout=0.1)).eval()
+
+
+def source(batch=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 9, (batch,), generator=generator).tolist()
+    return pad_sequences([torch.randint(4, 30, (n,), generator=generator).tolist() for n in lengths])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_beam_of_one_is_greedy(seed):
+    model = small_transformer(seed)
+    src, mask = source(seed=seed)
+    assert beam_search(model, src, mask, beam_size=1, max_len=12) == greedy_decode(model, src, mask, max_len=12)
+
+
+def test_batched_beam_equals_one_sentence_at_a_time():
+    model = small_transformer(1)
+    src, mask = source(6, seed=1)
+    batched = beam_search(model, src, mask, beam_size=4, max_len=15)
+    alone = [beam_search(model, src[i:i + 1, : int(mask[i].sum())], mask[i:i + 1, : int(mask[i].sum())],
+                         beam_size=4, max_len=15)[0] for i in range(6)]
+    assert batched == alone
+
+
+def test_the_uncached_decoder_gives_the_same_tokens_and_logits():
+    model = small_transformer(3)
+    src, mask = source(4, seed=3)
+    assert greedy_decode(Uncached(model), src, mask, max_len=12) == greedy_decode(model, src, mask, max_len=12)
+    assert beam_search(Uncached(model), src, mask, 3, 12) == beam_search(model, src, mask, 3, 12)
+    cached, uncached = model.start_decoding(src, mask), Uncached(model).start_decoding(src, mask)
+    last = torch.full((4,), BOS_ID)
+    for _ in range(5):
+        a, cached = model.decode_step(cached, last)
+        b, uncached = Uncached(model).decode_step(uncached, last)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        last = a.argmax(-1)
+    assert Uncached(model).max_positions == model.max_positions

@@ -507,3 +507,42 @@ def test_resuming_in_another_precision_says_so_and_keeps_the_skipped_steps(tmp_p
                    amp=AmpSettings(dtype=None, use_grad_scaler=True))
     same.fit(epoch_batches, max_steps=4)
     assert "mixed precision" not in capsys.readouterr().out
+
+
+def test_a_list_of_batches_is_one_step_on_their_mean_gradient():
+    """Gradient accumulation: one step on [b1, b2] = one step on the mean of their losses' gradients."""
+    batches = epoch_batches(0, n=2)
+    accumulated, reference = make_trainer(), make_trainer()
+    for trainer in (accumulated, reference):
+        trainer.model.eval()  # no dropout: the two must see the same function
+    loss, _ = accumulated.train_step(batches)
+    losses = [F.cross_entropy(reference.model(b.src, b.src_mask, b.tgt_in)[b.tgt_mask], b.tgt_out[b.tgt_mask])
+              for b in batches]
+    reference.optimizer.zero_grad()
+    (sum(losses) / 2).backward()
+    torch.nn.utils.clip_grad_norm_(reference.model.parameters(), 1.0)
+    reference.optimizer.step()
+    assert loss == pytest.approx(sum(x.item() for x in losses) / 2, rel=1e-6)
+    for a, b in zip(accumulated.model.parameters(), reference.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert accumulated.target_tokens == sum(b.n_target_tokens for b in batches)
+
+
+def test_history_counts_time_tokens_and_waiting():
+    trainer = make_trainer()
+    history = trainer.fit(epoch_batches, max_steps=5)
+    assert len(history.seconds) == len(history.target_tokens) == 5
+    assert history.target_tokens[-1] == sum(b.n_target_tokens for b in epoch_batches(0)[:5])
+    assert all(b >= a for a, b in zip(history.seconds, history.seconds[1:], strict=False))  # running totals
+    speed = history.throughput()
+    assert speed["target_tokens_per_second"] > 0 and 0 <= speed["data_wait_share"] < 1
+
+
+def test_a_compiled_model_is_unwrapped_for_saving(tmp_path):
+    from transformer_lesson.runtime import unwrap
+
+    model = GRUSeq2Seq(config())
+    compiled = torch.compile(model, backend="eager")
+    assert unwrap(compiled) is model
+    save_checkpoint(tmp_path / "c.pt", compiled)
+    assert load_checkpoint(tmp_path / "c.pt")["model"].keys() == model.state_dict().keys()  # no _orig_mod.

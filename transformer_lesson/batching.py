@@ -15,6 +15,7 @@ epoch of batches, with the same seed, and takes its own share of them: see :func
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from collections.abc import Iterator, Sequence
@@ -96,8 +97,13 @@ class Batch:
     tgt_out: torch.Tensor
     tgt_mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The batch on ``device``. ``non_blocking`` copies from pinned memory without waiting (GPU)."""
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory, from which a GPU copies asynchronously (``DataLoader`` calls it)."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -219,10 +225,11 @@ class TranslationData:
         return make_batch([self.sources[i] for i in indices], [self.targets[i] for i in indices])
 
     def batches(self, max_tokens: int, shuffle: bool = True, seed: int = 0, *, rank: int = 0,
-                world_size: int = 1) -> EpochBatches:
+                world_size: int = 1, group: int = 1, num_workers: int = 0,
+                pin_memory: bool = False) -> EpochBatches:
         """One epoch of token-budget batches (pass a different ``seed`` each epoch).
 
-        An iterator, built batch by batch as it is consumed, that also knows how many batches
+        An iterable, built batch by batch as it is consumed, that also knows how many batches
         the epoch has (``len``), so that progress bars can show the total and the time left.
 
         Under ``torchrun`` pass this process's ``rank`` and the ``world_size``
@@ -230,31 +237,65 @@ class TranslationData:
         process: each then gets its own share of the epoch (see :func:`shard`), and ``len`` counts
         that share. They are not read from ``torch.distributed`` automatically, because not every
         use is training: a validation set evaluated by rank 0 alone must not be cut to rank 0's share.
+
+        ``group`` > 1 serves lists of ``group`` consecutive batches, one list per optimizer step
+        (gradient accumulation, see :class:`~transformer_lesson.training.Trainer`); a last,
+        incomplete list is dropped. ``num_workers`` > 0 builds the batches in that many worker
+        processes of a ``torch.utils.data.DataLoader`` while the model trains, and ``pin_memory``
+        puts them in page-locked memory, from which a GPU copies them asynchronously.
         """
         index_lists = token_budget_batches(self.lengths(), max_tokens, shuffle, seed)
-        return EpochBatches(self, index_lists, rank=rank, world_size=world_size)
+        return EpochBatches(self, index_lists, rank=rank, world_size=world_size, group=group,
+                            num_workers=num_workers, pin_memory=pin_memory)
 
 
-class EpochBatches(Iterator[Batch]):
-    """The batches of one epoch, made on demand; ``len()`` is the number of batches.
+class EpochBatches:
+    """The batches of one epoch, made on demand; ``len()`` is the number of batches (or groups).
 
     ``index_lists`` are the whole epoch's; with ``world_size`` > 1 only process ``rank``'s share
     of them (:func:`shard`) is served. ``rank`` and ``world_size`` are kept as attributes, so that
-    the trainer can check that a distributed run shares its data out.
+    the trainer can check that a distributed run shares its data out. See
+    :meth:`TranslationData.batches` for ``group``, ``num_workers`` and ``pin_memory``.
     """
 
     def __init__(self, data: TranslationData, index_lists: Sequence[Sequence[int]], *, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, group: int = 1, num_workers: int = 0, pin_memory: bool = False):
+        for name, value, least in (("group", group, 1), ("num_workers", num_workers, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}.")
         self._data = data
         self._index_lists = shard(index_lists, rank, world_size)
         self.rank, self.world_size = rank, world_size
-        self._next = 0
+        self.group, self.num_workers, self.pin_memory = group, num_workers, pin_memory
+        self._iterator: Iterator[Any] | None = None
 
     def __len__(self) -> int:
-        return len(self._index_lists)
+        return len(self._index_lists) // self.group
 
-    def __next__(self) -> Batch:
-        if self._next >= len(self._index_lists):
-            raise StopIteration
-        self._next += 1
-        return self._data.batch(self._index_lists[self._next - 1])
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._serve()
+        return next(self._iterator)
+
+    def _serve(self) -> Iterator[Any]:
+        index_lists = self._index_lists[: len(self) * self.group]
+        if self.num_workers == 0:
+            batches: Iterator[Batch] = (self._data.batch(indices) for indices in index_lists)
+            if self.pin_memory:
+                batches = (batch.pin_memory() for batch in batches)
+        else:
+            # batch_size=None: each item of the "dataset" (one batch's index list) is one batch.
+            batches = iter(torch.utils.data.DataLoader(
+                index_lists, batch_size=None, collate_fn=self._data.batch, num_workers=self.num_workers,
+                pin_memory=self.pin_memory))
+        if self.group == 1:
+            yield from batches
+            return
+        while True:
+            chunk = list(itertools.islice(batches, self.group))
+            if len(chunk) < self.group:
+                return
+            yield chunk

@@ -216,6 +216,8 @@ def save_checkpoint(
         "rng": rng_states if rng_states is not None else [get_rng_state()],
         "config": plain_config(config),
         "tokenizer_fingerprint": _fingerprint(tokenizer),
+        # The tokenizer itself (a few hundred kB), so that the file alone can translate.
+        "tokenizer_model": getattr(tokenizer, "model_proto", None),
         "history": to_plain(dict(history)) if history is not None else None,
         "amp_dtype": precision_name(amp),
         "skipped_steps": skipped_steps,
@@ -318,6 +320,14 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}. Train a model first (or check the path).")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "it is empty" if not head else "an HTML page saved by a failed download, or another kind of file?"
+        raise CheckpointError(
+            f"{path} is not a checkpoint: torch.save writes a zip archive, and this file starts with {head!r} "
+            f"({what}). Point to a checkpoint written by the course (such as DIR/model.pt of "
+            f"`python -m transformer_lesson.train`), or download it again.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -378,6 +388,32 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     config (written before version 3, or by a model without a dataclass ``config``).
     """
     return model_config_of(load_checkpoint(path), path)
+
+
+def tokenizer_of(payload: Mapping[str, Any], path: str | Path):
+    """The :class:`~transformer_lesson.tokenizer.Tokenizer` stored in a checkpoint already read.
+
+    Raises :class:`CheckpointError` when it holds none (saved without a tokenizer object, or only
+    its fingerprint) or when the stored one does not match the fingerprint.
+    """
+    from .tokenizer import Tokenizer
+
+    proto = payload.get("tokenizer_model")
+    if not isinstance(proto, bytes) or not proto:
+        raise CheckpointError(
+            f"The checkpoint {path} holds no tokenizer (it was saved without one, or with only its "
+            f"fingerprint), so it cannot translate on its own. Save it with save_checkpoint(..., "
+            f"tokenizer=tokenizer), as `python -m transformer_lesson.train` does.")
+    try:
+        tokenizer = Tokenizer(proto)
+    except Exception as error:
+        raise CheckpointError(f"The tokenizer stored in {path} is damaged ({type(error).__name__}); the "
+                              f"checkpoint cannot be used to translate.") from None
+    expected = payload.get("tokenizer_fingerprint")
+    if expected is not None and tokenizer.fingerprint != expected:
+        raise CheckpointError(f"The tokenizer stored in {path} does not match the fingerprint recorded "
+                              f"with it ({tokenizer.fingerprint} vs {expected}): the file is damaged.")
+    return tokenizer
 
 
 def model_config_of(payload: Mapping[str, Any], path: str | Path) -> dict[str, Any]:

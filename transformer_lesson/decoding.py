@@ -13,6 +13,7 @@ same two methods, so one decoder works for all of them:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -76,3 +77,134 @@ def greedy_decode(
     finally:
         if was_training:
             model.train()
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length penalty (Wu et al., 2016): ((5 + length) / 6) ** alpha; 1 when ``alpha`` is 0.
+
+    A hypothesis's score is its summed log-probability divided by this. Log-probabilities only add
+    negative terms, so without it beam search prefers short translations; ``alpha`` near 1
+    divides by about the length, 0 ranks by raw probability.
+    """
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: IncrementalDecoder,
+    src: torch.Tensor,
+    src_mask: torch.Tensor,
+    beam_size: int,
+    max_len: int | Sequence[int],
+    alpha: float = 0.6,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+) -> list[list[int]]:
+    """Translate a batch keeping the ``beam_size`` most probable partial translations per sentence.
+
+    All B x k hypotheses run through the model together, as one batch of B*k rows. At each step
+    every live hypothesis is extended by every token, and of the k x V candidates per sentence
+    the best 2k are ranked by summed log-probability. Candidates that end in ``<eos>`` and rank
+    among the first k are *finished*: kept aside with their score divided by
+    :func:`length_penalty` of their length (``<eos>`` included), never extended again. The first
+    k candidates that do not end in ``<eos>`` stay live (each beam offers at most one ``<eos>``
+    candidate, so there are always k of them), and the model's state is reordered to follow them
+    (:func:`reorder_state`). A sentence is done when k hypotheses have finished; at ``max_len``
+    tokens (one limit for all, or one per sentence) its live ones finish as they are. Returns, per
+    sentence, the finished hypothesis with the best penalised score, without ``<bos>``/``<eos>``.
+    ``beam_size=1`` gives greedy decoding's output.
+    """
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}.")
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        batch, k, device = src.shape[0], beam_size, src.device
+        limits = [max_len] * batch if isinstance(max_len, int) else [int(n) for n in max_len]
+        if len(limits) != batch:
+            raise ValueError(f"max_len has {len(limits)} limits for a batch of {batch} sentences.")
+        rows = torch.arange(batch, device=device)
+        state = reorder_state(model.start_decoding(src, src_mask), rows.repeat_interleave(k))
+        scores = torch.full((batch, k), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # one live hypothesis (<bos>) per sentence at the start
+        tokens = torch.empty(batch * k, 0, dtype=torch.long, device=device)
+        last = torch.full((batch * k,), bos_id, dtype=torch.long, device=device)
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        for step in range(max(limits, default=0)):
+            logits, state = model.decode_step(state, last)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            vocab = log_probs.shape[-1]
+            candidates = (scores.unsqueeze(-1) + log_probs.view(batch, k, vocab)).view(batch, k * vocab)
+            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (B, 2k), best first
+            beam, token = top_index // vocab, top_index % vocab
+            is_eos = token == eos_id
+            ending = is_eos[:, :k] & top_scores[:, :k].isfinite() & ~done[:, None]
+            for b, j in ending.nonzero().tolist():
+                history = tokens[b * k + beam[b, j]].tolist()
+                finished[b].append((top_scores[b, j].item() / length_penalty(step + 1, alpha), history))
+            done |= torch.tensor([len(f) >= k for f in finished], device=device)
+            if bool(done.all()):
+                break
+            # The first k candidates that do not end the sentence go on (a stable sort keeps their order).
+            rank = torch.arange(is_eos.shape[1], device=device)
+            order = (is_eos.long() * is_eos.shape[1] + rank).argsort(dim=1)[:, :k]
+            scores, beam, token = top_scores.gather(1, order), beam.gather(1, order), token.gather(1, order)
+            flat = (rows[:, None] * k + beam).view(-1)
+            state = reorder_state(state, flat)
+            tokens = torch.cat([tokens[flat], token.view(-1, 1)], dim=1)
+            last = token.view(-1)
+            for b in range(batch):
+                if not done[b] and limits[b] <= step + 1:  # its limit: the live hypotheses finish without <eos>
+                    for j in range(k):
+                        if scores[b, j].isfinite():
+                            finished[b].append((scores[b, j].item() / length_penalty(step + 1, alpha),
+                                                tokens[b * k + j].tolist()))
+                    done[b] = True
+            if bool(done.all()):
+                break
+        return [max(f, key=lambda item: item[0])[1] if f else [] for f in finished]
+    finally:
+        if was_training:
+            model.train()
+
+
+class Uncached:
+    """A Transformer decoded *without* its key/value cache: every step reruns the decoder on the whole prefix.
+
+    Same interface (:class:`IncrementalDecoder`) and the same tokens as the cached model, so
+    lesson 10 can time the two. The state keeps the memory, the source mask and the tokens so
+    far, all batch first. The decoder's work per step grows with the prefix: O(T²) token
+    positions over a translation of T tokens, against O(T) with the cache.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str):  # parameters(), max_positions, config: the model's own
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+    def start_decoding(self, src: torch.Tensor, src_mask: torch.Tensor) -> State:
+        memory = self.model.encode(src, src_mask)
+        return {"memory": memory, "src_mask": src_mask,
+                "prefix": torch.empty(src.shape[0], 0, dtype=torch.long, device=src.device)}
+
+    def decode_step(self, state: State, last_tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
+        prefix = torch.cat([state["prefix"], last_tokens[:, None]], dim=1)
+        logits = self.model.decode(prefix, state["memory"], state["src_mask"])  # (B, t, V): all positions again
+        return logits[:, -1], {**state, "prefix": prefix}

@@ -26,7 +26,7 @@ from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.bleu import BLEUScore
 
 from .batching import pad_sequences
-from .decoding import greedy_decode
+from .decoding import Uncached, beam_search, greedy_decode
 
 DEFAULT_MAX_SRC_LEN = 128
 
@@ -39,11 +39,17 @@ def translate(
     max_len: int | None = None,
     batch_size: int = 64,
     max_src_len: int = DEFAULT_MAX_SRC_LEN,
+    beam_size: int = 1,
+    alpha: float = 0.6,
+    cache: bool = True,
 ) -> str | list[str]:
-    """Translate sentences greedily; a single string gives a string back.
+    """Translate sentences greedily, or with beam search when ``beam_size`` > 1; a string gives a string back.
 
+    ``alpha`` is beam search's length penalty (:func:`~transformer_lesson.decoding.beam_search`);
+    ``cache=False`` decodes a Transformer without its key/value cache (the same output, slower:
+    :class:`~transformer_lesson.decoding.Uncached`).
     Sentences are batched by length. ``max_len`` caps each translation's tokens (default: twice
-    the batch's longest source plus 10). Empty sentences translate to ``""`` and sources longer
+    its source's length plus 10), so a translation does not depend on the batch it was in. Empty sentences translate to ``""`` and sources longer
     than ``max_src_len`` tokens are truncated, each with a warning, never an error. A model with a
     ``max_positions`` attribute (the Transformer: the length of its positional table) caps both
     lengths at it. Characters the tokenizer never saw are spelled as bytes, so any text can be encoded.
@@ -51,6 +57,11 @@ def translate(
     single = isinstance(sentences, str)
     texts = [sentences] if single else list(sentences)
     device = torch.device(device)
+    if not cache:
+        if not hasattr(model, "decode"):
+            raise ValueError(f"cache=False needs a model with encode() and decode() (the Transformer); "
+                             f"{type(model).__name__} decodes step by step only.")
+        model = Uncached(model)
     positions = getattr(model, "max_positions", None)
     if positions is not None:
         max_src_len = min(max_src_len, positions)
@@ -68,9 +79,13 @@ def translate(
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         src, src_mask = pad_sequences([encoded[i] for i in indices])
-        limit = max_len if max_len is not None else 2 * src.shape[1] + 10
-        limit = limit if positions is None else min(limit, positions)
-        hypotheses = greedy_decode(model, src.to(device), src_mask.to(device), max_len=limit)
+        limits = [max_len if max_len is not None else 2 * len(encoded[i]) + 10 for i in indices]
+        limits = limits if positions is None else [min(limit, positions) for limit in limits]
+        if beam_size == 1:  # each sentence decodes independently: cut each at its own limit
+            hypotheses = greedy_decode(model, src.to(device), src_mask.to(device), max_len=max(limits))
+            hypotheses = [ids[:limit] for ids, limit in zip(hypotheses, limits, strict=True)]
+        else:
+            hypotheses = beam_search(model, src.to(device), src_mask.to(device), beam_size, limits, alpha)
         for i, ids in zip(indices, hypotheses, strict=True):
             results[i] = tokenizer.decode(ids)
     return results[0] if single else results

@@ -1,4 +1,4 @@
-"""Instructor tools: validate exercise metadata and write student versions of the notebooks.
+"""Instructor tools: validate exercise metadata, write student versions, set up an nbgrader course.
 
 The source notebooks carry full solutions between ``### BEGIN SOLUTION`` and ``### END SOLUTION``
 in cells marked with nbgrader metadata (schema 3), so they run end to end in CI. A student
@@ -6,10 +6,16 @@ version replaces each solution region by ``# YOUR CODE HERE`` / ``raise NotImple
 drops hidden tests and clears outputs, as ``nbgrader generate_assignment`` does, without
 needing nbgrader.
 
+``course`` sets up an nbgrader course folder: the shipped configuration
+(``transformer_lesson/nbgrader_config.py``) and the notebooks as the source of one assignment, ready
+for ``nbgrader generate_assignment`` (see ``docs/instructors.md``).
+
 Command line::
 
     python -m transformer_lesson.exercises student  [--source notebooks] [--out build/student]
     python -m transformer_lesson.exercises validate [--source notebooks]
+    python -m transformer_lesson.exercises course DIR [--source notebooks] [--assignment lessons]
+                                                      [--lessons 00 03 ...]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +32,7 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 MARKDOWN_STUB = "YOUR ANSWER HERE"
 _GRADE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+NBGRADER_CONFIG = Path(__file__).with_name("nbgrader_config.py")
 _NBGRADER_KEYS = {"grade", "solution", "locked", "task", "grade_id", "schema_version", "points"}
 
 
@@ -158,6 +166,34 @@ def build_student_notebooks(source: Path, out: Path) -> list[Path]:
     return written
 
 
+def make_course(course: Path, source: Path = Path("notebooks"), assignment: str = "lessons",
+                lessons: list[str] | None = None) -> list[Path]:
+    """Set up an nbgrader course folder in ``course``; return the notebooks copied.
+
+    Writes ``course/nbgrader_config.py`` (the shipped configuration; an existing one is kept) and
+    copies the notebooks of ``source`` to ``course/source/<assignment>/``, replacing older copies.
+    ``lessons``: only the notebooks whose names start with one of these (e.g. ``["00", "03"]``).
+    Refuses (with :class:`ExerciseError`) a notebook whose metadata does not validate.
+    """
+    import nbformat
+
+    course, source = Path(course), Path(source)
+    if not _GRADE_ID.match(assignment):
+        raise ExerciseError(f"Assignment name {assignment!r}: use letters, digits, '-' or '_'.")
+    paths = sorted(p for p in source.glob("*.ipynb") if not lessons or p.name.startswith(tuple(lessons)))
+    if not paths:
+        raise ExerciseError(f"No notebooks in {source}" + (f" starting with {', '.join(lessons)}." if lessons else "."))
+    problems = [problem for path in paths for problem in validate(nbformat.read(path, as_version=4), path.name)]
+    if problems:
+        raise ExerciseError("\n".join(problems))
+    target = course / "source" / assignment
+    target.mkdir(parents=True, exist_ok=True)
+    config = course / "nbgrader_config.py"
+    if not config.exists():
+        shutil.copyfile(NBGRADER_CONFIG, config)
+    return [Path(shutil.copyfile(path, target / path.name)) for path in paths]
+
+
 def main(argv: list[str] | None = None) -> int:
     import nbformat
 
@@ -168,11 +204,25 @@ def main(argv: list[str] | None = None) -> int:
     student.add_argument("--out", type=Path, default=Path("build/student"))
     check = sub.add_parser("validate", help="check the nbgrader metadata of the notebooks")
     check.add_argument("--source", type=Path, default=Path("notebooks"))
+    course = sub.add_parser("course", help="set up an nbgrader course folder from the notebooks")
+    course.add_argument("dir", type=Path, help="the course folder (created if missing)")
+    course.add_argument("--source", type=Path, default=Path("notebooks"))
+    course.add_argument("--assignment", default="lessons", help="the nbgrader assignment name (default: lessons)")
+    course.add_argument("--lessons", nargs="+", metavar="NN", help="only these lessons (e.g. --lessons 00 03)")
     args = parser.parse_args(argv)
     try:
         if args.command == "student":
             for path in build_student_notebooks(args.source, args.out):
                 print(f"wrote {path}")
+        elif args.command == "course":
+            config = args.dir / "nbgrader_config.py"
+            kept = config.exists()
+            copied = make_course(args.dir, args.source, args.assignment, args.lessons)
+            print(f"copied {len(copied)} notebook{'s' * (len(copied) != 1)} to {copied[0].parent}")
+            print(f"{'kept' if kept else 'wrote'} {config}")
+            nbgrader = Path(sys.executable).parent / "nbgrader"
+            nbgrader = nbgrader.resolve() if nbgrader.exists() else "nbgrader"
+            print(f"next: cd {args.dir} && {nbgrader} generate_assignment {args.assignment} --force")
         else:
             problems = []
             for path in sorted(args.source.glob("*.ipynb")):

@@ -8,6 +8,7 @@ labelled axes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,36 @@ def plot_history(history: History, title: str = "Training", window: int = 50):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def live_history(title: str = "Training", window: int = 50):
+    """A callback ``(history, metrics) -> None`` that redraws :func:`plot_history` in place in a notebook.
+
+    Give it to :func:`~transformer_lesson.train.train` as ``on_evaluate``: the loss and validation
+    curves then grow while training runs, in one output area. Outside a notebook it does nothing.
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # plain Python: nothing to draw into
+        return lambda history, metrics: None
+    if get_ipython() is None:
+        return lambda history, metrics: None
+    handle = None
+
+    def redraw(history, metrics) -> None:
+        nonlocal handle
+        history = dataclasses.replace(history, evals=[*history.evals, dict(metrics)])  # this one is not in yet
+        fig = plot_history(history, title, window)
+        if handle is None:
+            handle = display(fig, display_id=True)
+        else:
+            handle.update(fig)
+        plt.close(fig)
+
+    return redraw
 
 
 def plot_curves(

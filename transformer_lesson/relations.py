@@ -39,8 +39,8 @@ class RelationBatch:
     marker: torch.Tensor
     marker_pos: torch.Tensor
 
-    def to(self, device: torch.device | str) -> RelationBatch:
-        return RelationBatch(*(t.to(device) for t in vars(self).values()))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> RelationBatch:
+        return RelationBatch(*(t.to(device, non_blocking=non_blocking) for t in vars(self).values()))
 
 
 def relation_batch(

@@ -157,9 +157,19 @@ def mean_over_processes(value: torch.Tensor) -> float:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel (or DataParallel) wrapper; other models as they are."""
+    """The model inside its wrappers: DistributedDataParallel, DataParallel, ``torch.compile``'s.
+
+    Other models come back as they are. Saving, evaluating and decoding use the inner model, so
+    that checkpoints hold the plain parameter names.
+    """
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,11 @@ class Tokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
 
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model: ``Tokenizer(model_proto)`` rebuilds it (checkpoints store it)."""
+        return self._proto
+
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self._proto)
 

@@ -94,8 +94,8 @@ class TaggingBatch:
     mask: torch.Tensor
     labels: torch.Tensor
 
-    def to(self, device: torch.device | str) -> TaggingBatch:
-        return TaggingBatch(self.tokens.to(device), self.mask.to(device), self.labels.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TaggingBatch:
+        return TaggingBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.tokens, self.mask, self.labels)))
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

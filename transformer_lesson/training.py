@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,13 +88,32 @@ class History:
     learning_rates: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)  # each has "step" and "epoch"
+    # Running totals since the run began (resumes included), one entry per step: seconds spent in
+    # training steps (evaluations and checkpoints not counted), the part of them spent waiting for
+    # the next batch, and this process's real target tokens trained on.
+    seconds: list[float] = field(default_factory=list)
+    data_seconds: list[float] = field(default_factory=list)
+    target_tokens: list[int] = field(default_factory=list)
 
-    def log_step(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float) -> None:
+    def log_step(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
+                 seconds: float = 0.0, data_seconds: float = 0.0, target_tokens: int = 0) -> None:
+        """Record one step; ``seconds``, ``data_seconds`` and ``target_tokens`` are this step's own."""
         self.steps.append(int(step))
         self.epochs.append(int(epoch))
         self.losses.append(float(loss))
         self.learning_rates.append(float(lr))
         self.grad_norms.append(float(grad_norm))
+        for totals, value in ((self.seconds, seconds), (self.data_seconds, data_seconds),
+                              (self.target_tokens, target_tokens)):
+            totals.append((totals[-1] if totals else 0) + value)
+
+    def throughput(self) -> dict[str, float]:
+        """Target tokens per second of training and the share of it spent waiting for data."""
+        if not self.seconds or self.seconds[-1] <= 0:
+            return {"target_tokens_per_second": 0.0, "data_wait_share": 0.0, "train_seconds": 0.0}
+        return {"target_tokens_per_second": self.target_tokens[-1] / self.seconds[-1],
+                "data_wait_share": self.data_seconds[-1] / self.seconds[-1],
+                "train_seconds": self.seconds[-1]}
 
     def state_dict(self) -> dict[str, Any]:
         """The record as plain values (what a checkpoint stores)."""
@@ -181,6 +201,7 @@ class Trainer:
         self.epoch = 0  # current epoch (0-based)
         self.position = 0  # batches of the current epoch already trained on
         self.last_lr = float(optimizer.param_groups[0]["lr"])  # the rate the last step used
+        self.target_tokens = 0  # real target tokens this process trained on, in this session
         self.skipped_steps = 0  # float16 steps the gradient scaler skipped (inf/NaN gradients)
         # The step last evaluated, kept by every process (only rank 0's history records evaluations),
         # so that all of them agree on when to evaluate and wait.
@@ -197,25 +218,38 @@ class Trainer:
     def train_step(self, batch: Any) -> tuple[float, float]:
         """One optimizer step on ``batch``; returns (loss, gradient norm before clipping).
 
+        ``batch`` may be a list of batches (gradient accumulation): their gradients are averaged,
+        as if each came from its own process of a distributed run, and the loss is their mean.
         The learning rate this step used is left in ``self.last_lr``. With float16's gradient
         scaler, a step whose gradients overflowed is skipped (the scaler lowers its scale), and
         then the scheduler does not step either.
         """
-        batch = batch.to(self.device)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp.dtype) if self.amp.enabled
-                    else contextlib.nullcontext())
-        with autocast:
-            loss = self.loss_fn(self.model, batch)
+        micro_batches = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for number, micro_batch in enumerate(micro_batches):
+            self.target_tokens += getattr(micro_batch, "n_target_tokens", 0)  # counted before the copy
+            # From pinned memory a GPU copies without stopping this thread; ``to`` takes the flag
+            # only when it is needed, so that any batch class with a plain ``to(device)`` works.
+            micro_batch = (micro_batch.to(self.device, non_blocking=True) if self.device.type == "cuda"
+                           else micro_batch.to(self.device))
+            # Only the last backward of a step makes DistributedDataParallel average the gradients.
+            last = number == len(micro_batches) - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with (torch.autocast(self.device.type, dtype=self.amp.dtype) if self.amp.enabled
+                      else contextlib.nullcontext()):
+                    loss = self.loss_fn(self.model, micro_batch)
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            losses.append(loss.detach().float())
         # Waits for the device; needed anyway, for the log and this check. Under torchrun it is the
         # mean over the processes, so that all of them log the same loss and, if one diverges,
         # all raise together (instead of the others waiting forever in the next all-reduce).
-        loss_value = mean_over_processes(loss.detach())
+        loss_value = mean_over_processes(torch.stack(losses).mean())
         if not math.isfinite(loss_value):
             raise FloatingPointError(
-                f"The loss became {loss_value} at step {self.step}: training diverged. Lower the "
+                f"The loss became {loss_value} at step {self.step + 1}: training diverged. Lower the "
                 f"learning rate or clip gradients (clip_norm), then resume from the last checkpoint.")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # a no-op when the scaler is disabled
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.clip_norm if self.clip_norm is not None else math.inf
@@ -265,11 +299,14 @@ class Trainer:
         bar = self._progress_bar(max_steps)
         try:
             while not finished():
-                for batch in self._batches_left_in_epoch(make_batches, bar, epochs, max_steps):
+                batches = self._batches_left_in_epoch(make_batches, bar, epochs, max_steps)
+                for batch, waited in _timed(batches):
+                    started, tokens_before = time.perf_counter(), self.target_tokens
                     loss, grad_norm = self.train_step(batch)  # forward, loss, backward, clip, step
                     self.step += 1
                     self.position += 1
-                    self._record_step(loss, grad_norm, bar)
+                    self._record_step(loss, grad_norm, bar, waited + time.perf_counter() - started, waited,
+                                      self.target_tokens - tokens_before)
                     self._evaluate_and_save_on_schedule(evaluate, eval_every)
                     if finished():
                         break
@@ -327,8 +364,9 @@ class Trainer:
         self._restore_pending_rng()
         return batches
 
-    def _record_step(self, loss: float, grad_norm: float, bar: tqdm) -> None:
-        self.history.log_step(self.step, self.epoch, loss, self.last_lr, grad_norm)
+    def _record_step(self, loss: float, grad_norm: float, bar: tqdm, seconds: float, waited: float,
+                     tokens: int) -> None:
+        self.history.log_step(self.step, self.epoch, loss, self.last_lr, grad_norm, seconds, waited, tokens)
         bar.update(1)
         bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", refresh=False)
 
@@ -432,6 +470,17 @@ class Trainer:
             evals = self.history.evals
             self.evaluated_step = evals[-1]["step"] if evals else None
         return payload
+
+
+def _timed(batches: Iterator[Any]) -> Iterator[tuple[Any, float]]:
+    """Each batch with the seconds spent waiting for it (building it, or a DataLoader's queue)."""
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - started
 
 
 def _check_shared_out(epoch_batches: Any, epoch: int) -> None:

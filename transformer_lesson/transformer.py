@@ -51,6 +51,9 @@ class TransformerConfig:
     the output layer; it needs one vocabulary for both languages (``tgt_vocab_size`` None or equal).
     ``final_norm`` (None: only with pre-norm) adds a layer norm after each stack; PyTorch's
     ``nn.Transformer`` always has one. ``fast`` picks the attention path (lesson 04).
+    ``dropout`` applies to the embeddings plus positions and to every sub-layer's output; by default
+    also to the attention weights and inside the feed-forward network, as in ``nn.Transformer``.
+    ``attention_dropout`` and ``activation_dropout`` set those two apart (fairseq's defaults are 0).
     """
 
     src_vocab_size: int
@@ -61,6 +64,8 @@ class TransformerConfig:
     n_decoder_layers: int = 6
     d_ff: int = 2048
     dropout: float = 0.1
+    attention_dropout: float | None = None  # on the attention weights; None: the same as dropout
+    activation_dropout: float | None = None  # inside the feed-forward network; None: the same as dropout
     norm_first: bool = True  # True: pre-norm; False: post-norm (the paper)
     final_norm: bool | None = None
     activation: str = "relu"  # or "gelu"
@@ -85,8 +90,10 @@ class TransformerConfig:
             divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0]
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: each head gets "
                              f"d_model / n_heads features. Choose n_heads from {divisors[:10]}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}.")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}.")
         if self.positional not in ("sinusoidal", "learned"):
@@ -96,6 +103,14 @@ class TransformerConfig:
                 f"tie_embeddings=True shares one embedding matrix, so both vocabularies must be one: got "
                 f"src_vocab_size={self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}. Use a "
                 f"shared (joint) vocabulary, or set tie_embeddings=False.")
+
+    @property
+    def attention_p(self) -> float:
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
+    @property
+    def activation_p(self) -> float:
+        return self.dropout if self.activation_dropout is None else self.activation_dropout
 
     @property
     def has_final_norm(self) -> bool:
@@ -161,8 +176,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         c = config
         self.norm_first = c.norm_first
-        self.self_attention = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, fast=c.fast)
-        self.feed_forward = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.self_attention = MultiHeadAttention(c.d_model, c.n_heads, c.attention_p, fast=c.fast)
+        self.feed_forward = FeedForward(c.d_model, c.d_ff, c.activation_p, c.activation)
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.dropout1, self.dropout2 = nn.Dropout(c.dropout), nn.Dropout(c.dropout)
 
@@ -215,9 +230,9 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c = config
         self.norm_first = c.norm_first
-        self.self_attention = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, fast=c.fast)
-        self.cross_attention = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, fast=c.fast)
-        self.feed_forward = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.self_attention = MultiHeadAttention(c.d_model, c.n_heads, c.attention_p, fast=c.fast)
+        self.cross_attention = MultiHeadAttention(c.d_model, c.n_heads, c.attention_p, fast=c.fast)
+        self.feed_forward = FeedForward(c.d_model, c.d_ff, c.activation_p, c.activation)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
         self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(c.dropout) for _ in range(3))
 

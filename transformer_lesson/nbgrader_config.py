@@ -1,0 +1,28 @@
+"""nbgrader configuration for a transformer-lesson course folder (not imported by the package).
+
+``python -m transformer_lesson.exercises course DIR`` (or ``make course``) copies this file to
+``DIR/nbgrader_config.py``; nbgrader reads it when a command is run from ``DIR``. How to grade with
+it: ``docs/instructors.md``.
+"""
+
+import os
+import sys
+
+c = get_config()  # noqa: F821 (nbgrader defines get_config when it reads this file)
+
+c.CourseDirectory.course_id = "transformer-lesson"
+
+# nbgrader starts the `alembic` program by name to create gradebook.db. Put the folder of the Python
+# that runs nbgrader first on PATH, so a virtual environment's nbgrader (.venv/bin/nbgrader) works
+# without activating the environment.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+# The kernels that autograde starts inherit these. Quick mode shrinks data, models and training
+# steps (the exercises and their checks are the same in both modes), so every cell finishes well
+# within the timeout; plots are drawn off-screen. Set TL_QUICK=0 before running nbgrader to grade
+# in full mode, and raise the timeout to match.
+os.environ.setdefault("TL_QUICK", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Seconds one cell may run before nbgrader interrupts it and the cell fails (nbgrader's default: 30).
+c.Execute.timeout = 120

@@ -1,0 +1,399 @@
+"""Train the German→English translator of lesson 09, from a notebook or the command line.
+
+    python -m transformer_lesson.train --preset {quick,cpu,gpu} --out DIR [--set key=value ...]
+
+trains a :class:`~transformer_lesson.transformer.Transformer` on Multi30k and writes to ``DIR``:
+
+* ``config.json``: the run's settings (:class:`TrainConfig`), written first;
+* ``checkpoint.pt``: the latest state (every ``checkpoint_every`` steps), from which a run that was
+  stopped (a Colab disconnect, Ctrl-C, a killed process) resumes when started again with the same
+  ``--out``, ending exactly where an uninterrupted run would have (bit for bit on a CPU);
+* ``best.pt``: the weights with the best validation BLEU so far (chosen on validation only);
+* ``model.pt``: the final model (best.pt's weights, with the model's config and the tokenizer, so
+  that ``python -m transformer_lesson.translate --checkpoint DIR/model.pt`` needs nothing else);
+* ``results.json``: test_2016 BLEU of model.pt, with sacreBLEU's signature, throughput and examples.
+  Its presence marks the run finished: starting it again prints the results and trains nothing.
+
+Under ``torchrun --nproc_per_node=N`` the same command trains with DistributedDataParallel, one
+process per GPU (or, with the gloo backend, per CPU process), each on its own share of every epoch.
+The notebook calls :func:`train` with the same arguments; nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .batching import TranslationData
+from .data import load_multi30k
+from .evaluation import evaluate_bleu
+from .runtime import (
+    DeviceError,
+    get_device,
+    is_main_process,
+    rank_and_world_size,
+    seed_everything,
+    wait_for_every_process,
+)
+from .schedule import warmup_linear_decay
+from .timing import describe_device
+from .tokenizer import multi30k_tokenizer
+from .training import History, Trainer, seq2seq_loss
+from .transformer import Transformer, TransformerConfig
+
+__all__ = ["PRESETS", "RunError", "TrainConfig", "apply_overrides", "main", "model_config", "preset", "train"]
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue as asked: the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the defaults are the ``cpu`` preset (see :data:`PRESETS`)."""
+
+    # data: Multi30k; the tokenizer is trained on the training split only
+    vocab_size: int = 8000  # one BPE vocabulary shared by German and English
+    train_limit: int | None = None  # use the first N training pairs (None: all 29,000)
+    val_limit: int | None = None  # validation pairs scored during training (None: all 1,014)
+    test_limit: int | None = None  # test_2016 pairs scored at the end (None: all 1,000)
+    max_len: int = 100  # tokens per sentence; longer ones are cut (Multi30k has almost none)
+    max_tokens: int = 4000  # per batch: sentences x longest length, padding included
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    # the model: see TransformerConfig
+    d_model: int = 256
+    n_heads: int = 4
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.3
+    attention_dropout: float | None = None  # None: the same as dropout
+    activation_dropout: float | None = None  # None: the same as dropout
+    norm_first: bool = True
+    activation: str = "relu"
+    positional: str = "sinusoidal"
+    max_positions: int = 256
+    tie_embeddings: bool = True
+    fast_attention: bool = True
+    # optimisation: AdamW, linear warm-up, then linear decay to 0 at max_steps
+    max_steps: int = 650
+    lr: float = 2e-3
+    warmup_steps: int = 150
+    beta2: float = 0.98
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    clip_norm: float | None = 1.0
+    seed: int = 0
+    # evaluation and saving
+    eval_every: int = 130  # steps between validation BLEU scores (and at the end)
+    checkpoint_every: int = 50
+    # how to run: these may change when a run is resumed (another machine, more workers)
+    device: str | None = None  # None: the best there is (TL_DEVICE overrides)
+    amp: bool = True  # mixed precision where the device has it (bf16 / fp16 + scaler / off on CPU)
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0  # DataLoader worker processes building batches
+    progress: bool = True
+
+
+# Settings that change how a run is executed, not what it computes: a run may resume with others.
+RUNTIME_KEYS = ("device", "amp", "compile", "num_workers", "checkpoint_every", "progress")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop: CI runs the whole command line and lesson 09 with it.
+    "quick": dict(train_limit=2000, val_limit=40, test_limit=60, max_tokens=1500, d_model=32, n_heads=2,
+                  n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.1, max_steps=40, lr=3e-3,
+                  warmup_steps=10, eval_every=20, checkpoint_every=5),
+    # Students without a GPU: about half an hour on a 2-core laptop (see docs/results.md).
+    "cpu": {},
+    # One modern GPU (bf16): a bigger model, bigger batches, more steps.
+    "gpu": dict(d_model=512, n_heads=8, n_encoder_layers=4, n_decoder_layers=4, d_ff=2048, dropout=0.3,
+                max_tokens=16000, max_steps=1500, lr=1e-3, warmup_steps=300, eval_every=250,
+                checkpoint_every=250, num_workers=2),
+}
+
+
+def preset(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The preset's config with ``key=value`` overrides applied (see :func:`apply_overrides`)."""
+    if name not in PRESETS:
+        raise RunError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+    return apply_overrides(TrainConfig(**PRESETS[name]), overrides)
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """A copy of ``config`` with ``["lr=1e-3", "dropout=0.1", ...]`` applied, each value typed as its field."""
+    hints = typing.get_type_hints(TrainConfig)
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RunError(f"--set takes key=value, got {item!r}.")
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=3)
+            suggestion = f"; did you mean {' or '.join(close)}?" if close else "."
+            raise RunError(f"--set {key}: no such setting{suggestion} Settings: {', '.join(hints)}.")
+        changes[key] = _parse(key, text.strip(), hints[key])
+    return dataclasses.replace(config, **changes)
+
+
+def _parse(key: str, text: str, hint: Any) -> Any:
+    """``text`` as the type ``hint`` (int, float, bool, str, each possibly ``| None``)."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in kinds and text.lower() in ("none", "null", ""):
+        return None
+    kind = next(k for k in kinds if k is not type(None))
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes", "on")
+        return kind(text)
+    except ValueError:
+        allowed = "true or false" if kind is bool else f"a{'n' if kind is int else ''} {kind.__name__}"
+        raise RunError(f"--set {key}={text}: {key} takes {allowed}"
+                       f"{' (or none)' if type(None) in kinds else ''}.") from None
+
+
+def model_config(config: TrainConfig, vocab_size: int) -> TransformerConfig:
+    """The :class:`TransformerConfig` of a run with a shared vocabulary of ``vocab_size``."""
+    if config.max_len > config.max_positions:
+        raise RunError(f"max_len={config.max_len} exceeds max_positions={config.max_positions}, the length "
+                       f"of the positional table: raise max_positions or lower max_len.")
+    try:
+        return TransformerConfig(
+            src_vocab_size=vocab_size, d_model=config.d_model, n_heads=config.n_heads,
+            n_encoder_layers=config.n_encoder_layers, n_decoder_layers=config.n_decoder_layers,
+            d_ff=config.d_ff, dropout=config.dropout, attention_dropout=config.attention_dropout,
+            activation_dropout=config.activation_dropout, norm_first=config.norm_first,
+            activation=config.activation, positional=config.positional, max_len=config.max_positions,
+            tie_embeddings=config.tie_embeddings, fast=config.fast_attention)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
+def _check(config: TrainConfig) -> None:
+    """Refuse settings that would fail later, or silently do something else, with the reason."""
+    positive = ("vocab_size", "max_len", "max_tokens", "accumulate", "max_steps", "eval_every", "checkpoint_every")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise RunError(f"{name} must be at least 1, got {getattr(config, name)}.")
+    for name in ("train_limit", "val_limit", "test_limit"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise RunError(f"{name} must be at least 1 or none (all pairs), got {value}.")
+    if not 0 <= config.warmup_steps < config.max_steps:
+        raise RunError(f"warmup_steps must be in 0 .. max_steps - 1 = {config.max_steps - 1}, "
+                       f"got {config.warmup_steps}.")
+    if config.lr <= 0 or not 0 <= config.label_smoothing < 1 or config.num_workers < 0:
+        raise RunError("lr must be positive, label_smoothing in [0, 1), num_workers >= 0.")
+    if config.clip_norm is not None and config.clip_norm <= 0:
+        raise RunError(f"clip_norm must be positive or none (no clipping), got {config.clip_norm}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, out: str | Path,
+          on_evaluate: Callable[[History, Mapping[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume, or just report) the run in folder ``out``; returns its results (``results.json``).
+
+    ``on_evaluate(history, metrics)`` is called after every validation score (the notebook draws
+    live curves with it). Under ``torchrun`` every process calls this; only rank 0 evaluates,
+    writes files and returns the results (the others return ``{}``).
+    """
+    _check(config)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; give a folder (it is created if missing).")
+    results_path = out / "results.json"
+    if results_path.is_file():
+        results = json.loads(results_path.read_text())
+        if is_main_process():
+            _check_same_run(out, config)
+            print(f"{out} holds a finished run (step {results['selected_step']} chosen); nothing to train. "
+                  f"Delete {results_path} to evaluate again, or use another --out for a new run.")
+        return results if is_main_process() else {}
+    started = time.perf_counter()
+    device = get_device(config.device)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        _check_same_run(out, config)
+        _write_json(out / "config.json", dataclasses.asdict(config))
+    wait_for_every_process()
+
+    rank, world_size = rank_and_world_size()
+    seed_everything(config.seed)  # the same initial weights in every process
+    tokenizer = multi30k_tokenizer(config.vocab_size)  # trained on the training split only
+    train_pairs = load_multi30k("train", limit=config.train_limit)
+    train_data = TranslationData(train_pairs, tokenizer, max_len=config.max_len)
+    val_pairs = load_multi30k("val", limit=config.val_limit)
+    model = Transformer(model_config(config, tokenizer.vocab_size)).to(device)
+    seed_everything(config.seed + rank)  # each process its own dropout masks
+    network: torch.nn.Module = model
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        network = torch.compile(network, dynamic=True)
+    optimizer = _adamw(model, config)
+    trainer = Trainer(
+        network, optimizer, device,
+        scheduler=warmup_linear_decay(optimizer, config.warmup_steps, config.max_steps),
+        clip_norm=config.clip_norm, amp=config.amp,
+        loss_fn=partial(seq2seq_loss, label_smoothing=config.label_smoothing),
+        checkpoint_path=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
+        config={k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_KEYS},
+        tokenizer=tokenizer, progress=config.progress)
+
+    def make_batches(epoch: int):
+        return train_data.batches(config.max_tokens, seed=config.seed * 1_000_003 + epoch, rank=rank,
+                                  world_size=world_size, group=config.accumulate, num_workers=config.num_workers,
+                                  pin_memory=device.type == "cuda")
+
+    def evaluate(module: torch.nn.Module) -> dict[str, float]:
+        report = evaluate_bleu(module, tokenizer, val_pairs, device, batch_size=128)
+        metrics = {"bleu": report.bleu.score, "lowercased_bleu": report.lowercased.score}
+        best = max((e["bleu"] for e in trainer.history.evals if e["step"] != trainer.step), default=-1.0)
+        if metrics["bleu"] > best:  # chosen on validation only
+            checkpoint.save_checkpoint(out / "best.pt", module, step=trainer.step, config=trainer.config,
+                                       tokenizer=tokenizer)
+        tqdm.write(f"step {trainer.step}: validation sacreBLEU {metrics['bleu']:.2f}"
+                   f"{' (best so far)' if metrics['bleu'] > best else ''}")
+        if on_evaluate is not None:
+            on_evaluate(trainer.history, {"step": trainer.step, **metrics})
+        return metrics
+
+    if is_main_process():
+        print(f"Training on {describe_device(device)}{f' x {world_size} processes' if world_size > 1 else ''}: "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(train_data):,} pairs, "
+              f"{config.max_steps} steps; writing to {out}")
+    history = trainer.fit(make_batches, max_steps=config.max_steps, evaluate=evaluate, eval_every=config.eval_every)
+    if not is_main_process():
+        return {}
+    return _finish(config, out, device, tokenizer, history, world_size, time.perf_counter() - started)
+
+
+def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices only (not on biases and layer norms)."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2))
+
+
+def _finish(config: TrainConfig, out: Path, device: torch.device, tokenizer, history: History,
+            world_size: int, seconds: float) -> dict[str, Any]:
+    """Score the best validation checkpoint on test_2016; write model.pt, then results.json (atomically)."""
+    model = Transformer.from_checkpoint(out / "best.pt").to(device)
+    selected = checkpoint.load_checkpoint(out / "best.pt")["step"]
+    test_pairs = load_multi30k("test", limit=config.test_limit)
+    report = evaluate_bleu(model, tokenizer, test_pairs, device, batch_size=128)
+    checkpoint.save_checkpoint(out / "model.pt", model, step=selected, config=dataclasses.asdict(config),
+                               tokenizer=tokenizer, history=history.state_dict())
+    val = next(e for e in history.evals if e["step"] == selected)
+    results = {
+        "selected_step": selected,
+        "validation_bleu": val["bleu"],
+        "test_bleu": report.bleu.score,
+        "test_bleu_signature": report.bleu.signature,
+        "test_lowercased_bleu": report.lowercased.score,
+        "test_lowercased_bleu_signature": report.lowercased.signature,
+        "test_sentences": len(test_pairs),
+        "steps": history.steps[-1] if history.steps else 0,
+        **history.throughput(),
+        "processes": world_size,
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M"),
+        "seconds_this_session": round(seconds, 1),
+        "examples": [{"source": s, "reference": r, "translation": h} for s, r, h in
+                     zip(report.sources[:5], report.references[:5], report.hypotheses[:5], strict=True)],
+    }
+    _write_json(out / "results.json", results)
+    print(f"test_2016: sacreBLEU {report.bleu.score:.2f} ({report.bleu.signature}), lowercased BLEU "
+          f"{report.lowercased.score:.2f}; model of step {selected} (validation sacreBLEU {val['bleu']:.2f}); "
+          f"{results['target_tokens_per_second']:.0f} target tokens/s per process. Wrote {out / 'model.pt'}.")
+    return results
+
+
+def _check_same_run(out: Path, config: TrainConfig) -> None:
+    """Refuse to continue a run in ``out`` that was started with other settings."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path} is unreadable ({error}); delete {out} to start afresh.") from None
+    now = dataclasses.asdict(config)
+    changed = [f"{key}: {before.get(key)!r} -> {now[key]!r}" for key in now
+               if key not in RUNTIME_KEYS and before.get(key) != now[key]]
+    if changed:
+        raise RunError(f"{out} holds a run with other settings ({'; '.join(changed)}). Use another --out for a "
+                       f"new run, or delete {out} to start this one afresh.")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)  # atomic: a killed run never leaves half a file
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformer_lesson.train",
+        description="Train the German->English Transformer on Multi30k (resumes from --out if it holds a run).",
+        epilog=f"Settings for --set: {', '.join(f.name for f in dataclasses.fields(TrainConfig))}.")
+    parser.add_argument("--preset", choices=list(PRESETS), required=True,
+                        help="quick: seconds, for tests; cpu: about 30 minutes on a laptop; gpu: one modern GPU")
+    parser.add_argument("--out", required=True, help="folder for checkpoints, the final model and results.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set lr=1e-3 --set dropout=0.1 (repeatable)")
+    args = parser.parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        config = preset(args.preset, args.overrides)
+        if distributed:
+            backend = "nccl" if get_device(config.device).type == "cuda" else "gloo"
+            # Long enough for rank 0 to evaluate while the others wait in a barrier.
+            dist.init_process_group(backend, timeout=timedelta(hours=1))
+        train(config, args.out)
+    except (RunError, checkpoint.CheckpointError, DeviceError, FloatingPointError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"train: interrupted; run the same command again to resume from {args.out}.", file=sys.stderr)
+        return 130
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
