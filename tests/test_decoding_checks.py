@@ -134,3 +134,34 @@ def test_reorder_passes_a_right_answer(capsys):
 ])
 def test_reorder_names_the_mistake(answer, fragment):
     fails_with(check_reorder_cache, answer, fragment)
+
+
+# -- finished and live candidates ----------------------------------------------------------------
+
+from transformer_lesson.checks.decoding import check_split_finished  # noqa: E402
+
+
+def split_finished(tokens, k):
+    finished = tokens[:, :k] == 2
+    live = torch.stack([torch.nonzero(row != 2).flatten()[:k] for row in tokens])
+    return finished, live
+
+
+def test_split_passes_a_right_answer(capsys):
+    check_split_finished(split_finished)
+    assert "✓ split_finished" in capsys.readouterr().out
+
+
+def reversed_live(tokens, k):
+    finished, live = split_finished(tokens, k)
+    return finished, live.flip(1)
+
+
+@pytest.mark.parametrize(("answer", "fragment"), [
+    (lambda tokens, k: (tokens[:, :k] == 2, torch.arange(k).repeat(tokens.shape[0], 1)), "extended after <eos>"),
+    (lambda tokens, k: (tokens[:, :k] != 2, split_finished(tokens, k)[1]), "finished is inverted"),
+    (reversed_live, "not in ranking order"),
+    (lambda tokens, k: (tokens == 2, split_finished(tokens, k)[1]), "dimension 1"),
+])
+def test_split_names_the_mistake(answer, fragment):
+    fails_with(check_split_finished, answer, fragment)

@@ -48,9 +48,11 @@ def translate(
     ``alpha`` is beam search's length penalty (:func:`~transformer_lesson.decoding.beam_search`);
     ``cache=False`` decodes a Transformer without its key/value cache (the same output, slower:
     :class:`~transformer_lesson.decoding.Uncached`).
+
     Sentences are batched by length. ``max_len`` caps each translation's tokens (default: twice
-    its source's length plus 10), so a translation does not depend on the batch it was in. Empty sentences translate to ``""`` and sources longer
-    than ``max_src_len`` tokens are truncated, each with a warning, never an error. A model with a
+    its source's length plus 10), so a translation does not depend on the batch it was in. Empty
+    sentences translate to ``""`` and sources longer than ``max_src_len`` tokens are truncated,
+    each with a warning, never an error. A model with a
     ``max_positions`` attribute (the Transformer: the length of its positional table) caps both
     lengths at it. Characters the tokenizer never saw are spelled as bytes, so any text can be encoded.
     """

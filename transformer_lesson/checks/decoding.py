@@ -2,8 +2,9 @@
 
 :func:`check_append_to_cache` (one step of the key/value cache), :func:`check_penalised_scores`
 (GNMT's length penalty), :func:`check_beam_step` (the top-k over k x V candidates) and
-:func:`check_reorder_cache` (the cache follows the surviving hypotheses). Each compares with a
-reference on random inputs and names the usual mistakes.
+:func:`check_reorder_cache` (the cache follows the surviving hypotheses) and
+:func:`check_split_finished` (which candidates finish at ``<eos>`` and which stay live). Each
+compares with a reference on random inputs and names the usual mistakes.
 """
 
 from __future__ import annotations
@@ -216,3 +217,54 @@ def check_reorder_cache(student: Callable, trials: int = 5, quiet: bool = False)
         explain_crashes_and_unwritten(student, "reorder_cache", "cache has B * k rows; beams is (B, k)."),
         _reorder, _reorder_inputs, name="reorder_cache", trials=trials, mistakes=REORDER_MISTAKES,
         quiet=quiet, confirm_mistakes=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which candidates finish, which go on
+# ---------------------------------------------------------------------------------------------
+
+
+def _split(tokens, k):
+    is_eos = tokens == EOS_ID
+    finished = is_eos[:, :k]
+    rank = torch.arange(tokens.shape[1])
+    live = (is_eos.long() * tokens.shape[1] + rank).argsort(dim=1, stable=True)[:, :k]
+    return finished, live
+
+
+SPLIT_MISTAKES = [
+    Mistake("A candidate that chose <eos> stays live: a finished hypothesis must not be extended after <eos> "
+            "(it would grow past its end and crowd out the live ones). The live ones are the first k candidates "
+            "that are not <eos>.",
+            lambda tokens, k: (tokens[:, :k] == EOS_ID, torch.arange(k).expand(tokens.shape[0], k).clone())),
+    Mistake("finished is inverted: it is True where one of the first k candidates chose <eos> (id 2).",
+            lambda tokens, k: (tokens[:, :k] != EOS_ID, _split(tokens, k)[1])),
+]
+
+
+def _order_hint(actual, expected, inputs):
+    """Name a live set that is right but out of ranking order (an unstable sort, say)."""
+    live, want = actual[1], expected[1]
+    if isinstance(live, torch.Tensor) and live.shape == want.shape and not torch.equal(live, want) \
+            and torch.equal(live.sort(dim=1).values, want.sort(dim=1).values):
+        return ("The live candidates are the right ones but not in ranking order: keep the order of the ranking "
+                "(best first). torch.argsort is not stable unless you pass stable=True.")
+    return None
+
+
+def _split_inputs(generator):
+    batch = int(torch.randint(2, 5, (1,), generator=generator))
+    k = int(torch.randint(2, 5, (1,), generator=generator))
+    tokens = torch.randint(4, 30, (batch, 2 * k), generator=generator)
+    for row in range(batch):  # each hypothesis offers at most one <eos> candidate: at most k of them
+        count = int(torch.randint(0, k + 1, (1,), generator=generator))
+        tokens[row, torch.randperm(2 * k, generator=generator)[:count]] = EOS_ID
+    return {"tokens": tokens, "k": k}
+
+
+def check_split_finished(student: Callable, trials: int = 8, quiet: bool = False) -> None:
+    """Check ``student(tokens (B, 2k), k) -> (finished (B, k) bool, live (B, k) long)``."""
+    check_against(
+        explain_crashes_and_unwritten(student, "split_finished", "tokens is (B, 2k), best candidate first."),
+        _split, _split_inputs, name="split_finished", trials=trials, mistakes=SPLIT_MISTAKES, quiet=quiet,
+        confirm_mistakes=True, hint=_order_hint)
