@@ -114,3 +114,14 @@ def test_this_processs_random_state_is_picked_from_either_format():
     assert this_process_rng_state([one]) is one  # version 2 on: one state per process, in rank order
     assert this_process_rng_state(one) is one  # version 1: this process's state
     assert this_process_rng_state([one, two]) is None  # written by two processes, read by one
+
+
+def test_a_flipped_byte_inside_a_weight_is_refused(tmp_path):
+    """The weights carry a SHA-256: a damaged file does not load wrong numbers silently."""
+    save_checkpoint(tmp_path / "ok.pt", nn.Linear(4, 3))
+    payload = torch.load(tmp_path / "ok.pt", weights_only=True)
+    payload["model"]["weight"][1, 2] += 1e-3  # what a flipped bit in the stored numbers does
+    torch.save(payload, tmp_path / "damaged.pt")
+    load_checkpoint(tmp_path / "ok.pt", nn.Linear(4, 3))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "damaged.pt", nn.Linear(4, 3))

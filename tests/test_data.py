@@ -140,6 +140,14 @@ def test_tatoeba_malformed_line_is_named(tmp_path):
 def test_limit_must_be_a_count():
     with pytest.raises(ValueError, match="non-negative"):
         load_multi30k("val", limit=-1)
+    with pytest.raises(ValueError, match="non-negative"):
+        load_multi30k("val", limit=True)  # a bool is an int to Python, but not a count
+
+
+def test_an_empty_corpus_file_is_an_error_not_zero_pairs(tmp_path):
+    _write_corpus(tmp_path, b"", b"")
+    with pytest.raises(CorpusError, match="holds no sentences"):
+        load_multi30k("val", folder=tmp_path)
 
 
 def test_every_odd_whitespace_becomes_a_space():

@@ -106,3 +106,12 @@ def test_scores_carry_sacrebleus_signature_and_the_report_shows_it():
     assert "case:lc" in lowered.signature
     text = str(BleuReport(hyps, refs, hyps, cased, lowered))
     assert cased.signature in text and lowered.signature in text and "approximates" in text
+
+
+def test_evaluate_bleu_refuses_strings_where_pairs_belong():
+    from transformer_lesson.evaluation import evaluate_bleu
+
+    with pytest.raises(TypeError, match="item 0 is 'Ein Hund.'"):
+        evaluate_bleu(None, None, ["Ein Hund.", "A dog."], "cpu")
+    with pytest.raises(TypeError, match="got one string"):
+        evaluate_bleu(None, None, "Ein Hund.", "cpu")

@@ -76,3 +76,13 @@ def test_a_damaged_cache_file_is_retrained(tmp_path, monkeypatch):
         again = tk.train_tokenizer(texts, 400)
     assert again.fingerprint == good.fingerprint
     assert tk.Tokenizer.load(cached).fingerprint == good.fingerprint  # the cache was repaired
+
+
+def test_one_string_and_a_list_of_strings_are_not_confused():
+    tok = tk.multi30k_tokenizer(2000)
+    with pytest.raises(TypeError, match="use encode_batch"):
+        tok.encode(["Ein Hund.", "Eine Katze."])
+    with pytest.raises(TypeError, match="got one string"):
+        tok.encode_batch("Ein Hund.")
+    with pytest.raises(TypeError, match="item 1 is a int"):
+        tok.encode_batch(["Ein Hund.", 3])

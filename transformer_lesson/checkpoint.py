@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
 import random
 import time
@@ -206,6 +207,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
+        "model_sha256": weights_digest(model.state_dict()),
         "model_config": plain_config(model_config) if model_config is not None else _own_model_config(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -244,6 +246,17 @@ def _config_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> l
     keys = sorted((k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)), key=str)
     return [f"{k}: {theirs.get(k, '(unset)')!r} in the checkpoint, {ours.get(k, '(unset)')!r} in this model"
             for k in keys]
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 of a state dict's names, dtypes, shapes and bytes: a checkpoint stores it, so that a
+    damaged file (one flipped byte inside a weight) is refused instead of loading wrong numbers."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_state_dict_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
@@ -349,6 +362,12 @@ def load_checkpoint(
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} was written by a newer version of transformer_lesson "
                               f"(format {payload['version']}); update the package.")
+    expected = payload.get("model_sha256")  # absent before this field existed: nothing to compare
+    weights = payload.get("model")
+    if expected is not None and isinstance(weights, Mapping) and weights_digest(weights) != expected:
+        raise CheckpointError(
+            f"{path} is damaged: its weights do not match the checksum saved with them (a flipped bit on the "
+            f"disk, or an interrupted copy). Use an earlier checkpoint or train again.")
     theirs, ours = payload.get("tokenizer_fingerprint"), _fingerprint(tokenizer)
     if theirs is not None and ours is not None and theirs != ours:
         raise CheckpointError(

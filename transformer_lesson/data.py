@@ -159,6 +159,9 @@ def load_parallel(src_path: Path, tgt_path: Path, src_lang: str = "de", tgt_lang
     """Read two line-aligned files into pairs, checking that their line counts agree."""
     sources = read_lines(Path(src_path), src_lang)
     targets = read_lines(Path(tgt_path), tgt_lang)
+    if not sources:
+        raise CorpusError(f"{src_path} holds no sentences (an empty file, or an empty archive): a corpus "
+                          f"file has one sentence per line. Restore it from the repository or download it again.")
     if len(sources) != len(targets):
         raise CorpusError(
             f"{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}: the two "
@@ -189,7 +192,7 @@ def load_multi30k(split: str, limit: int | None = None, folder: Path | None = No
 
 
 def _check_limit(limit: int) -> int:
-    if not isinstance(limit, int) or limit < 0:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ValueError(f"limit must be a non-negative number of pairs, got {limit!r}.")
     return limit
 

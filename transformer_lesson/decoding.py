@@ -49,8 +49,10 @@ def greedy_decode(
 
     ``src`` (B, S), ``src_mask`` (B, S). Returns B lists of token ids, without ``<bos>`` and
     ``<eos>``, each at most ``max_len`` long. A sentence stops at its own ``<eos>``; the loop
-    stops when all have, so a batch costs as long as its longest translation. The model is put
-    in eval mode (no dropout) and restored afterwards.
+    stops when all have. Finished sentences leave the batch: once a quarter of the rows still
+    decoded have ended, the state keeps only the others (:func:`reorder_state`), so that the
+    model is not run on sentences that are done. The model is put in eval mode (no dropout) and
+    restored afterwards.
     """
     was_training = getattr(model, "training", False)
     if was_training:
@@ -58,22 +60,27 @@ def greedy_decode(
     try:
         batch = src.shape[0]
         state = model.start_decoding(src, src_mask)
+        rows = torch.arange(batch, device=src.device)  # which sentence each row of the state is
         last = torch.full((batch,), bos_id, dtype=torch.long, device=src.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-        steps = []
+        steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, their tokens) at each step
         for _ in range(max_len):
             logits, state = model.decode_step(state, last)
-            last = logits.argmax(dim=-1)  # (B,)
-            last = last.masked_fill(finished, eos_id)  # finished sentences just repeat <eos>
-            steps.append(last)
+            last = logits.argmax(dim=-1)  # (rows,)
+            last = last.masked_fill(finished, eos_id)  # ended, not yet dropped: just repeat <eos>
+            steps.append((rows, last))
             finished = finished | (last == eos_id)
-            if bool(finished.all()):
+            done = int(finished.sum())
+            if done == len(rows):
                 break
-        tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
-        results = []
-        for row in tokens:
-            results.append(row[: row.index(eos_id)] if eos_id in row else row)
-        return results
+            if done and done * 4 >= len(rows):  # drop the finished rows
+                keep = (~finished).nonzero().squeeze(1)
+                state, rows, last, finished = reorder_state(state, keep), rows[keep], last[keep], finished[keep]
+        results: list[list[int]] = [[] for _ in range(batch)]
+        for step_rows, tokens in steps:
+            for row, token in zip(step_rows.tolist(), tokens.tolist(), strict=True):
+                results[row].append(token)
+        return [ids[: ids.index(eos_id)] if eos_id in ids else ids for ids in results]
     finally:
         if was_training:
             model.train()

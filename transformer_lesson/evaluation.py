@@ -184,6 +184,13 @@ class BleuReport:
 def evaluate_bleu(model, tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,
                   batch_size: int = 64, max_len: int | None = None) -> BleuReport:
     """Translate ``pairs``' sources greedily and score them against their targets."""
+    if isinstance(pairs, str):
+        raise TypeError("evaluate_bleu takes a list of (source, reference) pairs, got one string.")
+    pairs = list(pairs)
+    for number, pair in enumerate(pairs):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise TypeError(f"evaluate_bleu takes (source, reference) pairs of strings, as load_multi30k returns; "
+                            f"item {number} is {pair!r:.80}.")
     sources = [p[0] for p in pairs]
     references = [p[1] for p in pairs]
     hypotheses = translate(model, tokenizer, sources, device, max_len=max_len, batch_size=batch_size)

@@ -60,11 +60,22 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Token ids of ``text``, optionally framed by ``<bos>``/``<eos>``."""
+        if not isinstance(text, str):
+            hint = ": use encode_batch for a list of sentences" if isinstance(text, list | tuple) else ""
+            raise TypeError(f"encode takes one string, got a {type(text).__name__}{hint}.")
         ids = self._sp.encode(text, out_type=int)
         return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
 
     def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
-        batch = self._sp.encode(list(texts), out_type=int)
+        """Token ids of each string in ``texts`` (a list of sentences)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch takes a list of sentences, got one string (it would encode each of its "
+                            "characters as a sentence): use encode for one sentence, or pass [text].")
+        texts = list(texts)
+        for number, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"encode_batch: item {number} is a {type(text).__name__}, not a string.")
+        batch = self._sp.encode(texts, out_type=int)
         return [([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else []) for ids in batch]
 
     def pieces(self, text: str) -> list[str]:
