@@ -154,7 +154,8 @@ def beam_search(
             done |= torch.tensor([len(f) >= k for f in finished], device=device)
             if bool(done.all()):
                 break
-            # The first k candidates that do not end the sentence go on (a stable sort keeps their order).
+            # The first k candidates that do not end the sentence go on (the keys are distinct, so the
+            # ranking order is kept).
             rank = torch.arange(is_eos.shape[1], device=device)
             order = (is_eos.long() * is_eos.shape[1] + rank).argsort(dim=1)[:, :k]
             scores, beam, token = top_scores.gather(1, order), beam.gather(1, order), token.gather(1, order)
@@ -213,5 +214,8 @@ class Uncached:
 
     def decode_step(self, state: State, last_tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
         prefix = torch.cat([state["prefix"], last_tokens[:, None]], dim=1)
-        logits = self.model.decode(prefix, state["memory"], state["src_mask"])  # (B, t, V): all positions again
-        return logits[:, -1], {**state, "prefix": prefix}
+        model = self.model
+        # The decoder reruns on every position; only the last one goes through the output layer
+        # (which a cached step pays once too), so that the comparison times the cache alone.
+        y, _, _ = model.decoder(model.tgt_positions(model.tgt_embedding(prefix)), state["memory"], state["src_mask"])
+        return model.output(y[:, -1]), {**state, "prefix": prefix}

@@ -3,8 +3,8 @@
 Adam divides each gradient by a running estimate of its size, and at the first steps that
 estimate rests on a handful of gradients, so the first updates can be large and erratic. A
 *warm-up* raises the learning rate from near 0 to its peak over the first steps; afterwards it
-usually decays. Lesson 07 measures which Transformers need the warm-up; lesson 09 (planned) is to
-compare the schedules used for translation.
+usually decays. Lesson 07 measures which Transformers need the warm-up; lesson 09's translator
+warms up, then decays linearly to 0 (:func:`warmup_linear_decay`).
 
 Each function returns a ``torch.optim.lr_scheduler.LambdaLR``: call ``scheduler.step()`` after
 every ``optimizer.step()`` (the :class:`~transformer_lesson.training.Trainer` does).

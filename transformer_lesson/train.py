@@ -121,7 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(train_limit=2000, val_limit=40, test_limit=60, max_tokens=1500, d_model=32, n_heads=2,
                   n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.1, max_steps=40, lr=3e-3,
                   warmup_steps=10, eval_every=20, checkpoint_every=5),
-    # Students without a GPU: about half an hour on a 2-core laptop (see docs/results.md).
+    # Students without a GPU: about half an hour on a 2-core CPU (see docs/results.md).
     "cpu": {},
     # One modern GPU (bf16): a bigger model, bigger batches, more steps.
     "gpu": dict(d_model=512, n_heads=8, n_encoder_layers=4, n_decoder_layers=4, d_ff=2048, dropout=0.3,
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train the German->English Transformer on Multi30k (resumes from --out if it holds a run).",
         epilog=f"Settings for --set: {', '.join(f.name for f in dataclasses.fields(TrainConfig))}.")
     parser.add_argument("--preset", choices=list(PRESETS), required=True,
-                        help="quick: seconds, for tests; cpu: about 30 minutes on a laptop; gpu: one modern GPU")
+                        help="quick: seconds, for tests; cpu: about 30 minutes on a 2-core CPU; gpu: one modern GPU")
     parser.add_argument("--out", required=True, help="folder for checkpoints, the final model and results.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set lr=1e-3 --set dropout=0.1 (repeatable)")

@@ -249,7 +249,8 @@ class Trainer:
         if not math.isfinite(loss_value):
             raise FloatingPointError(
                 f"The loss became {loss_value} at step {self.step + 1}: training diverged. Lower the "
-                f"learning rate or clip gradients (clip_norm), then resume from the last checkpoint.")
+                f"learning rate or clip gradients (clip_norm) and start a new run (a run cannot change "
+                f"its settings when it resumes).")
         self.scaler.unscale_(self.optimizer)  # a no-op when the scaler is disabled
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.clip_norm if self.clip_norm is not None else math.inf

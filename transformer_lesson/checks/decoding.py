@@ -1,7 +1,7 @@
 """Checks for lesson 10: the pieces of cached decoding and beam search written by the student.
 
 :func:`check_append_to_cache` (one step of the key/value cache), :func:`check_penalised_scores`
-(GNMT's length penalty), :func:`check_beam_step` (the top-k over k x V candidates) and
+(GNMT's length penalty), :func:`check_beam_step` (the top-k over k x V candidates),
 :func:`check_reorder_cache` (the cache follows the surviving hypotheses) and
 :func:`check_split_finished` (which candidates finish at ``<eos>`` and which stay live). Each
 compares with a reference on random inputs and names the usual mistakes.
