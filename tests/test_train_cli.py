@@ -154,7 +154,8 @@ def test_a_diverging_run_stops_and_names_the_step(tmp_path):
 
 def test_torchrun_with_two_processes_agrees_with_one_on_the_same_global_batch(tmp_path):
     """2 gloo processes, each with its share of the batches, vs one process accumulating both shares."""
-    exact = ["--set", "dropout=0", "--set", "max_steps=8", "--set", "eval_every=8", "--set", "warmup_steps=2"]
+    exact = ["--set", "dropout=0", "--set", "max_steps=8", "--set", "eval_every=8", "--set", "warmup_steps=2",
+             "--set", "val_limit=8", "--set", "test_limit=8"]
     one = train(tmp_path / "one", *exact, "--set", "accumulate=2")
     assert one.returncode == 0, one.stderr.decode()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
