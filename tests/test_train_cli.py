@@ -256,7 +256,7 @@ def test_no_gpu_where_one_was_asked_for_is_one_line(tmp_path):
 
 def test_translate_with_beam_and_without_cache(finished_run):
     data = "Ein Hund läuft.\n\nZwei Männer spielen Fußball.\n".encode()
-    default = translate(finished_run / "model.pt", data)  # beam 4
+    default = translate(finished_run / "model.pt", data)  # beam 5
     uncached = translate(finished_run / "model.pt", data, "--no-cache")
     greedy = translate(finished_run / "model.pt", data, "--beam", "1")
     greedy_uncached = translate(finished_run / "model.pt", data, "--beam", "1", "--no-cache")
