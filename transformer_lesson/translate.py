@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True,
                         help="a model written by transformer_lesson.train (DIR/model.pt)")
     parser.add_argument("file", nargs="?", help="German text, one sentence per line (default: standard input)")
-    parser.add_argument("--batch-size", type=_positive, default=64, help="sentences translated at once (default 64)")
+    parser.add_argument("--batch-size", type=_positive, default=100,
+                        help="sentences translated at once (default 100)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
     # The default is chosen on validation (docs/results.md, lesson 10): the smallest beam within 0.1
     # BLEU of the best one, with the cpu preset's model.
