@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 EXTRAS ?= dev
 LAB_ARGS ?=
+JOBS   ?= 2
 COURSE ?= build/course
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -34,8 +35,10 @@ notebooks: install
 	TL_CHECKPOINT_DIR=$$(mktemp -d) TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 -p no:cacheprovider notebooks
 
 # Each test run gets a fresh checkpoint folder, so no notebook resumes from an earlier run.
+# JOBS pytest-xdist workers (a whole test module or notebook each; tests/conftest.py), one torch
+# thread each so that they do not fight over the cores. JOBS=0 runs everything in one process.
 test: lint
-	TL_CHECKPOINT_DIR=$$(mktemp -d) TL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15
+	TL_CHECKPOINT_DIR=$$(mktemp -d) TL_QUICK=1 MPLBACKEND=Agg $(if $(filter 0,$(JOBS)),,OMP_NUM_THREADS=1) $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=15 -n $(JOBS)
 
 student: install
 	$(PY) -m transformer_lesson.exercises student --source notebooks --out build/student
