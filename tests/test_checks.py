@@ -69,12 +69,14 @@ def test_not_implemented_reaches_the_student():
     def todo(sequences, pad_id):
         raise NotImplementedError()
 
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(CheckFailed, match=r"^pad_sequences is not written yet: replace `raise NotImplementedError"):
         check_pad_sequences(todo)
 
 
-def test_pad_exercise_accepts_the_reference():
-    check_pad_sequences(pad_sequences)
+def test_pad_exercise_accepts_the_reference_written_again_but_not_the_package_s_own(own_copy):
+    check_pad_sequences(own_copy(pad_sequences))
+    with pytest.raises(CheckFailed, match="runs the package's own answer, transformer_lesson.batching.pad_sequences"):
+        check_pad_sequences(pad_sequences)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +139,8 @@ def test_pad_exercise_explains_a_crash():
         ids = torch.tensor(sequences)  # fails: the rows have different lengths
         return ids, ids != pad_id
 
-    with pytest.raises(CheckFailed, match=r"(?s)pad_sequences raised ValueError:\n.*torch.full\(\(batch, longest\)"):
+    with pytest.raises(CheckFailed, match=r"(?s)pad_sequences raised ValueError at line \d+ of ragged "
+                                          r"\(`ids = torch.tensor\(sequences\).*`\):\n.*torch.full\(\(batch, "):
         check_pad_sequences(ragged)
 
 

@@ -6,7 +6,12 @@ it: ``docs/instructors.md``.
 """
 
 import os
+import shutil
 import sys
+import tempfile
+
+from nbgrader.converters import Autograde
+from nbgrader.preprocessors import Execute
 
 c = get_config()  # noqa: F821 (nbgrader defines get_config when it reads this file)
 
@@ -26,3 +31,35 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Seconds one cell may run before nbgrader interrupts it and the cell fails (nbgrader's default: 30).
 c.Execute.timeout = 120
+
+
+class ExecuteWithOwnCheckpoints(Execute):
+    """nbgrader's Execute, with a fresh, empty checkpoint folder for each notebook it grades.
+
+    The lessons keep checkpoints in ``$TL_CHECKPOINT_DIR`` and resume from them. Every kernel that
+    autograde starts inherits this process's environment, so with one folder for all, every student
+    after the first would resume from another student's training (and see its paths). The folder is
+    made inside ``$TL_CHECKPOINT_DIR`` when that is set (else in the system's temporary folder) just
+    before the notebook's kernel starts, and deleted when the notebook is graded.
+    """
+
+    def preprocess(self, nb, resources=None, km=None):
+        parent = os.environ.get("TL_CHECKPOINT_DIR")
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="graded-", dir=parent or None)
+        os.environ["TL_CHECKPOINT_DIR"] = folder
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            if parent is None:
+                del os.environ["TL_CHECKPOINT_DIR"]
+            else:
+                os.environ["TL_CHECKPOINT_DIR"] = parent
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+c.Autograde.autograde_preprocessors = [
+    ExecuteWithOwnCheckpoints if preprocessor is Execute else preprocessor
+    for preprocessor in Autograde.class_traits()["autograde_preprocessors"].default()
+]

@@ -7,16 +7,33 @@ matches one of the *known mistakes* for that exercise (a buggy implementation wr
 such as "softmax over the wrong axis"), and names it.
 
 Checks raise :class:`CheckFailed` (an AssertionError, so nbgrader and pytest count it as a
-failure) and print one line when they pass.
+failure) and print one line when they pass. Every call of the student's code goes through
+:func:`explain_crashes` or :func:`check_against`, which make grading fair in three ways:
+
+* a crash, or an exercise not written yet, becomes a :class:`CheckFailed` that says what happened,
+  and Jupyter (and nbgrader's feedback) shows a failed check as its message alone, without a
+  traceback through the checks' internals;
+* a warning raised by the student's code is shown on standard output as advice, never on standard
+  error, where nbgrader would fail the cell; warnings from the checks' own code are silenced;
+* an answer that runs the package's own answer to the exercise (imports it, wraps it, or builds the
+  package's class) is refused, even though its numbers match.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import importlib
+import inspect
 import math
+import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import sys
+import sysconfig
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +42,15 @@ import torch
 
 class CheckFailed(AssertionError):
     """An exercise answer disagrees with the reference. The message says how."""
+
+    def _render_traceback_(self) -> list[str]:
+        """How IPython (Jupyter, and so nbgrader's feedback) shows a failed check: the diagnosis alone.
+
+        The frames of the checks' internals say nothing to a student; the message says what is wrong.
+        Outside IPython (pytest, a script) the usual traceback is shown.
+        """
+        lines = str(self).splitlines() or [""]
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {lines[0]}", *lines[1:]]
 
 
 def describe_shape(shape: Sequence[int], dims: Sequence[str] | None = None) -> str:
@@ -192,6 +218,10 @@ def _compare_leaf(leaf_name, a, e, dims, atol, rtol) -> None:
         return
     leaf_dims = dims.get(leaf_name) if isinstance(dims, Mapping) else dims
     expect_shape(a, tuple(e.shape), leaf_name, leaf_dims)
+    if a.device != e.device:
+        raise CheckFailed(f"{leaf_name} is on the device {a.device}, but the inputs are on {e.device}: create new "
+                          f"tensors on the inputs' device (e.g. `torch.arange(n, device=x.device)`) and do not "
+                          f"move the result with `.to(...)` or `.cuda()`.")
     if e.dtype == torch.bool:
         if a.dtype != torch.bool:
             raise CheckFailed(f"{leaf_name} should be a boolean tensor but has dtype {a.dtype}.")
@@ -233,41 +263,103 @@ def explain_crashes(
     *,
     index_hint: str = "",
     hint_for: Callable[[Exception], str] | None = None,
-    explain_not_implemented: bool = False,
+    explain_not_implemented: bool = True,
 ) -> Callable[..., Any]:
     """Wrap ``student`` so that a crash inside it becomes a :class:`CheckFailed` that says what to look at.
 
-    The message names the error and the input shapes, then adds ``hint``; ``index_hint`` when the
-    crash is an index out of range (nearly always an off-by-one here); and whatever ``hint_for(error)``
-    returns for this particular error. ``NotImplementedError`` (an exercise not done yet) passes
-    through unchanged, or, with ``explain_not_implemented``, becomes a CheckFailed saying so.
+    The message names the error, the input shapes and the line of the student's code that raised
+    it, then adds ``hint``; ``index_hint`` when the crash is an index out of range (nearly always
+    an off-by-one here); and whatever ``hint_for(error)`` returns for this particular error. The
+    stub's bare ``raise NotImplementedError()`` becomes the same one-line "not written yet" in every
+    lesson (``explain_not_implemented`` is kept for older callers and changes nothing). Each call
+    runs as :func:`student_code`: its warnings become advice on standard output.
     """
+    del explain_not_implemented  # an unwritten exercise reads the same in every lesson
 
     @functools.wraps(student)
     def guarded(*inputs):
         try:
-            return student(*inputs)
-        except NotImplementedError:
-            if explain_not_implemented:
-                raise CheckFailed(f"{name} is not written yet: replace `raise NotImplementedError()`.") from None
-            raise
+            with student_code(name):
+                return student(*inputs)
         except CheckFailed:
             raise
-        except (RuntimeError, IndexError, ValueError, TypeError) as error:
-            shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
-            extra = f"\n{index_hint}" if index_hint and _index_out_of_range(error) else ""
-            extra += hint_for(error) if hint_for is not None else ""
-            tail = f"\n{hint}" if hint else ""
-            where = f" on inputs {shapes}" if shapes else ""
-            raise CheckFailed(f"{name} raised {type(error).__name__}{where}:\n  {error}{extra}{tail}") from None
+        except NotImplementedError as error:
+            if not str(error):  # the stub's `raise NotImplementedError()`, not an operation PyTorch lacks
+                raise CheckFailed(not_written_yet(name)) from None
+            raise _crash(error, inputs, name, hint, index_hint, hint_for) from None
+        except Exception as error:  # noqa: BLE001 (every crash of the student's code is explained)
+            raise _crash(error, inputs, name, hint, index_hint, hint_for) from None
 
     return guarded
 
 
 def explain_crashes_and_unwritten(student: Callable[..., Any], name: str, hint: str = "",
                                   index_hint: str = "") -> Callable[..., Any]:
-    """:func:`explain_crashes` that also reports an exercise not written yet (``NotImplementedError``)."""
-    return explain_crashes(student, name, hint, index_hint=index_hint, explain_not_implemented=True)
+    """:func:`explain_crashes` (which now reports an unwritten exercise too), kept under its older name."""
+    return explain_crashes(student, name, hint, index_hint=index_hint)
+
+
+def not_written_yet(name: str) -> str:
+    """The message for an exercise still holding its stub, the same in every lesson."""
+    return (f"{name.split('(')[0]} is not written yet: replace `raise NotImplementedError()` with your code, "
+            f"then run that cell and this one again.")
+
+
+def _crash(error: Exception, inputs: Sequence[Any], name: str, hint: str, index_hint: str,
+           hint_for: Callable[[Exception], str] | None) -> CheckFailed:
+    shapes = ", ".join(str(tuple(v.shape)) for v in inputs if isinstance(v, torch.Tensor))
+    extra = f"\n{index_hint}" if index_hint and _index_out_of_range(error) else ""
+    extra += hint_for(error) if hint_for is not None else ""
+    tail = f"\n{hint}" if hint else ""
+    where = f" on inputs {shapes}" if shapes else ""
+    return CheckFailed(f"{name} raised {type(error).__name__}{where}{_student_line(error)}:\n  {error}{extra}{tail}")
+
+
+def _library_folders() -> tuple[str, ...]:
+    """Folders whose code is not the student's: this package, PyTorch, the standard library, installed packages."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = sysconfig.get_paths()
+    folders = {package, os.path.dirname(torch.__file__), paths["stdlib"], paths["platstdlib"], paths["purelib"],
+               paths["platlib"]}
+    return tuple(os.path.join(folder, "") for folder in folders)
+
+
+def _student_line(error: Exception) -> str:
+    """Where in the student's own code ``error`` was raised (the innermost frame outside the libraries), or ""."""
+    ours = _library_folders()
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not os.path.abspath(f.filename).startswith(ours) and not f.filename.startswith("<frozen")]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    code = f" (`{frame.line.strip()}`)" if frame.line else ""
+    return f" at line {frame.lineno} of {frame.name}{code}"
+
+
+_ADVISED: set[tuple[str, str]] = set()  # the warnings already shown during this check (cleared by check_against)
+_DEPTH = [0]  # how many check_against calls are running (they may nest)
+
+
+@contextlib.contextmanager
+def student_code(name: str) -> Iterator[None]:
+    """Run the student's code so that nothing it prints or warns reaches standard error.
+
+    nbgrader gives 0 points to a graded cell that writes to standard error, so a right answer
+    that triggers a warning (a deprecated PyTorch argument, say) would score nothing. Its
+    warnings are shown instead on standard output, once each per check, as advice, and whatever
+    it writes to ``sys.stderr`` goes to standard output.
+    """
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(sys.stdout):
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                key = (warning.category.__name__, str(warning.message))
+                if key not in _ADVISED:
+                    _ADVISED.add(key)
+                    print(f"Note: {name.split('(')[0]} raised a warning. It does not count against your "
+                          f"answer, but read it: {key[0]}: {key[1]}")
 
 
 def padded_mask(generator: torch.Generator, batch: int, length: int) -> torch.Tensor:
@@ -339,6 +431,7 @@ def check_against(
     confirm_mistakes: bool = False,
     mistake_atol: float | None = None,
     hint: Callable[[Any, Any, Mapping[str, Any]], str | None] | None = None,
+    forbidden: Sequence[Callable[..., Any]] = (),
 ) -> None:
     """Compare ``student`` with ``reference`` on ``trials`` random inputs.
 
@@ -357,15 +450,45 @@ def check_against(
     ``mistake_atol`` of the mistake is closer to it than to the reference.
     ``hint(actual, expected, inputs)`` may add a line of explanation to a failure (for example
     which property of the output is broken); it is shown whether or not a mistake is named.
+    ``forbidden``: more of the package's own answers to this exercise (functions, or methods such
+    as ``EncoderLayer.forward``), besides the reference itself when it is a function of the package
+    (not of the checks) and those :data:`PACKAGE_ANSWERS` lists under ``name``. An answer that runs
+    one of them while it is checked (it is the package's function, a wrapper of it, or the
+    package's class) is refused once its values pass.
+
+    Warnings raised by the reference, the known mistakes and the hints are silenced; the student's
+    are shown as advice (:func:`student_code`).
     """
+    if not _DEPTH[0]:
+        _ADVISED.clear()
+    _DEPTH[0] += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the checks' own warnings are not the student's business
+            _check_against(student, reference, make_inputs, name=name, trials=trials, mistakes=mistakes, dims=dims,
+                           atol=atol, rtol=rtol, seed=seed, confirm_mistakes=confirm_mistakes,
+                           mistake_atol=mistake_atol, hint=hint,
+                           forbidden=_forbidden_codes(name, reference, forbidden))
+    finally:
+        _DEPTH[0] -= 1
+        if not _DEPTH[0]:
+            _ADVISED.clear()
+    if not quiet:
+        print(f"✓ {name}: matches the reference on {trials} random inputs.")
+
+
+def _check_against(student, reference, make_inputs, *, name, trials, mistakes, dims, atol, rtol, seed,
+                   confirm_mistakes, mistake_atol, hint, forbidden) -> None:
     loose = atol if mistake_atol is None else mistake_atol
     distinct = atol if mistake_atol is None else 2 * mistake_atol
     generator = torch.Generator().manual_seed(seed)
+    used: list[str] = []  # the package's answers the student's code ran
     for trial in range(trials):
         inputs = make_inputs(generator)
         expected = reference(*_clone_inputs(inputs).values())
         given = _clone_inputs(inputs)
-        actual = student(*given.values())
+        with student_code(name), _watching(forbidden, used):
+            actual = student(*given.values())
         for key, value in given.items():
             if not _same(value, inputs[key]):
                 raise CheckFailed(
@@ -393,8 +516,106 @@ def check_against(
                     f"{failure}{extra}\nLikely cause: {mistake.advice}{context}"
                 ) from None
             raise CheckFailed(f"{failure}{extra}{context}") from None
-    if not quiet:
-        print(f"✓ {name}: matches the reference on {trials} random inputs.")
+    if used:
+        raise CheckFailed(
+            f"{name} runs the package's own answer, {used[0]}: this exercise asks you to write it yourself. "
+            f"Replace that call (or import, or class) with your own code; PyTorch's operations are fine."
+        )
+
+
+def _code_and_name(item: Callable[..., Any]) -> tuple[Any, str] | None:
+    """The code object that runs when ``item`` (a function, method or partial) is called, and its full name."""
+    function = item.func if isinstance(item, functools.partial) else item
+    function = inspect.unwrap(getattr(function, "__func__", function))  # a bound method; a decorator's wrapper
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return None
+    return code, f"{function.__module__}.{function.__qualname__}"
+
+
+# The package's own answer to each exercise whose check compares with a reference of its own (by
+# the check's name). An exercise whose reference IS the package's function needs no line here.
+PACKAGE_ANSWERS: dict[str, tuple[str, ...]] = {
+    "rnn_cell": ("transformer_lesson.rnn.rnn_cell",),
+    "sequence_loss": ("transformer_lesson.training.sequence_loss",),
+    "greedy_decode": ("transformer_lesson.decoding.greedy_decode",),
+    "attention_step": ("transformer_lesson.rnn_attention.AttentionGRUDecoder.step",),
+    "bucket_batches": ("transformer_lesson.batching.token_budget_batches",),
+    "attention": ("transformer_lesson.attention.scaled_dot_product_attention",
+                  "transformer_lesson.attention._attention", "transformer_lesson.attention._fast_attention"),
+    "padding_mask_from_lengths": ("transformer_lesson.batching.padding_mask",),
+    "project_heads": ("transformer_lesson.multihead.MultiHeadAttention.project",),
+    "multi_head_attention": ("transformer_lesson.multihead.MultiHeadAttention.forward",
+                             "transformer_lesson.multihead.MultiHeadAttention.attend",
+                             "transformer_lesson.multihead.MultiHeadAttention._attend_heads"),
+    "add_learned_positions": ("transformer_lesson.positional.LearnedPositionalEmbedding.forward",),
+    "feed_forward": ("transformer_lesson.transformer.FeedForward.forward",),
+    "embed": ("transformer_lesson.transformer.ScaledEmbedding.forward",),
+    "encoder_layer": ("transformer_lesson.transformer.EncoderLayer.forward",),
+    "decoder_layer": ("transformer_lesson.transformer.DecoderLayer.forward",
+                      "transformer_lesson.transformer.DecoderLayer._self_attend",
+                      "transformer_lesson.transformer.DecoderLayer._cross_attend"),
+    "count_parameters": tuple(f"transformer_lesson.{name}.__init__" for name in (  # "count, do not build"
+        "transformer.Transformer", "transformer.Encoder", "transformer.Decoder", "transformer.EncoderLayer",
+        "transformer.DecoderLayer", "transformer.FeedForward", "transformer.ScaledEmbedding",
+        "multihead.MultiHeadAttention")),
+}
+
+
+def resolve(dotted: str) -> Any:
+    """The object a dotted name such as ``"transformer_lesson.transformer.EncoderLayer.forward"`` names."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def _forbidden_codes(name: str, reference: Callable[..., Any], forbidden: Sequence[Callable[..., Any]]
+                     ) -> dict[int, str]:
+    """{id(code object): full name} of the package's answers that the student's code must not run."""
+    items = [*forbidden, *(resolve(dotted) for dotted in PACKAGE_ANSWERS.get(name, ()))]
+    found = _code_and_name(reference)
+    if found and found[1].startswith("transformer_lesson.") and not found[1].startswith("transformer_lesson.checks."):
+        items.append(reference)
+    codes = {}
+    for item in items:
+        found = _code_and_name(item)
+        if found is None:
+            raise TypeError(f"forbidden: {item!r} is not a Python function or method")
+        codes[id(found[0])] = found[1]
+    return codes
+
+
+@contextlib.contextmanager
+def _watching(codes: Mapping[int, str], used: list[str]) -> Iterator[None]:
+    """Append to ``used`` the names of the functions in ``codes`` that start running inside the ``with`` block.
+
+    Uses a profile function (:func:`sys.setprofile`, chained to any already set), so that it sees
+    the package's function however the student reached it: imported under another name, wrapped,
+    or run by a method of the package's class.
+    """
+    if not codes:
+        yield
+        return
+    previous = sys.getprofile()
+
+    def profile(frame, event, arg):
+        if event == "call" and id(frame.f_code) in codes:
+            used.append(codes[id(frame.f_code)])
+        if previous is not None:
+            previous(frame, event, arg)
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
 
 
 def _hint_text(hint, actual, expected, inputs) -> str:
