@@ -12,6 +12,13 @@ family of mistake it is when none is named.
 The random sizes T_q, T_k, d_k and d_v are all different and none is the square of another, so
 that two different mistakes cannot give the same numbers by coincidence (dividing by sqrt(T_k)
 looks exactly like dividing by d_k when T_k = d_k^2, and like the right answer when T_k = d_k).
+When an answer matches a known mistake, the message says so first ("Likely cause: ..."), before
+the property hints.
+
+The masks of the lesson have checks of their own: :func:`check_padding_mask` (lengths -> (B, 1, 1,
+T)), :func:`check_causal_mask` ((T_q, T_k), the queries being the last positions) and
+:func:`check_decoder_mask` (padding and causal combined), with their mistakes in
+:data:`PADDING_MASK_MISTAKES`, :data:`CAUSAL_MASK_MISTAKES` and :data:`DECODER_MASK_MISTAKES`.
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from collections.abc import Callable
 import torch
 from torch.nn.functional import scaled_dot_product_attention as torch_sdpa
 
-from ..attention import causal_mask, scaled_dot_product_attention
-from .core import Mistake, check_against, explain_crashes
+from ..attention import causal_mask, padding_mask, scaled_dot_product_attention
+from .core import CheckFailed, Mistake, check_against, explain_crashes, padded_mask
 
 
 def _reference(queries, keys, values, mask=None):
@@ -276,6 +283,24 @@ def _crash_hint(error: Exception) -> str:
     return _EITHER_HINT
 
 
+def likely_cause_first(message: str) -> str:
+    """Move a named mistake ("Likely cause: ...") above the property hints in a failure message.
+
+    When the answer matches a known mistake, that is what the student should read first; the
+    hints ("Hint: ...", which say which property of the weights is broken) follow it.
+    """
+    marker = "\nLikely cause: "
+    if marker not in message or "\nHint: " not in message.split(marker)[0]:
+        return message
+    before, cause = message.split(marker, 1)
+    failure, hints = before.split("\nHint: ", 1)
+    context = ""
+    if "\n(trial " in cause:
+        cause, context = cause.split("\n(trial ", 1)
+        context = "\n(trial " + context
+    return f"{failure}{marker}{cause}\nHint: {hints}{context}"
+
+
 def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> None:
     """Check ``student(queries, keys, values, mask=None) -> (output, weights)``.
 
@@ -283,17 +308,186 @@ def check_attention(student: Callable, trials: int = 6, quiet: bool = False) -> 
     with the package's :func:`~transformer_lesson.attention.scaled_dot_product_attention`.
     """
     counter = [0]
-    check_against(
-        explain_crashes(student, "attention", hint_for=_crash_hint),
-        _reference,
-        lambda g: attention_inputs(g, counter),
-        name="attention",
-        trials=trials,
-        mistakes=list(ATTENTION_MISTAKES.values()),
-        quiet=True,
-        confirm_mistakes=True,
-        hint=_property_hints,
-    )
+    try:
+        check_against(
+            explain_crashes(student, "attention", hint_for=_crash_hint),
+            _reference,
+            lambda g: attention_inputs(g, counter),
+            name="attention",
+            trials=trials,
+            mistakes=list(ATTENTION_MISTAKES.values()),
+            quiet=True,
+            confirm_mistakes=True,
+            hint=_property_hints,
+        )
+    except CheckFailed as failure:
+        raise CheckFailed(likely_cause_first(str(failure))) from None
     if not quiet:
         print(f"✓ attention: output matches torch.nn.functional.scaled_dot_product_attention and "
               f"the weights match the package's, on {trials} random inputs.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The masks of lesson 04: padding, causal, and the two combined.
+# ---------------------------------------------------------------------------------------------
+
+def _padding_from_lengths(lengths, max_len):
+    """The reference: (B,) lengths -> (B, 1, 1, max_len), True at the real tokens."""
+    return padding_mask(torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None])
+
+
+def _padding_buggy(lengths, max_len, *, compare="<", shift=0, left=False, invert=False):
+    position = torch.arange(max_len)[None, :] + shift
+    if left:  # padding at the front: the last `length` positions are real
+        real = position >= max_len - lengths[:, None]
+    else:
+        real = position <= lengths[:, None] if compare == "<=" else position < lengths[:, None]
+    return (~real if invert else real)[:, None, None, :]
+
+
+def _padding_mistake(advice: str, **bug) -> Mistake:
+    return Mistake(advice, functools.partial(_padding_buggy, **bug))
+
+
+PADDING_MASK_MISTAKES: dict[str, Mistake] = {
+    "inverted": _padding_mistake(
+        "The mask is inverted: True must mark the *real* tokens (may attend) and False the padding, "
+        "the course's convention. Position t of sentence b is real when t < lengths[b].",
+        invert=True,
+    ),
+    "one too many": _padding_mistake(
+        "One position too many counts as real: a sentence of length L has real tokens at positions "
+        "0 .. L-1, so compare with `<`, not `<=`.",
+        compare="<=",
+    ),
+    "positions from 1": _padding_mistake(
+        "One real position too few: positions are counted from 0 (`torch.arange(max_len)`), so a "
+        "sentence of length L is real at 0 .. L-1.",
+        shift=1,
+    ),
+    "padding on the left": _padding_mistake(
+        "The padding is at the front of your sentences: in this course a padded batch has its real "
+        "tokens first and the `<pad>` tokens after them, so position t is real when t < lengths[b].",
+        left=True,
+    ),
+}
+
+
+def _padding_inputs(generator: torch.Generator) -> dict:
+    batch = int(torch.randint(2, 6, (1,), generator=generator))
+    max_len = int(torch.randint(3, 10, (1,), generator=generator))
+    lengths = torch.randint(1, max_len + 1, (batch,), generator=generator)
+    lengths[0], lengths[-1] = max_len, max(1, max_len - 2)  # one full sentence, one padded
+    return {"lengths": lengths, "max_len": max_len}
+
+
+def check_padding_mask(student: Callable, trials: int = 5, quiet: bool = False) -> None:
+    """Check ``student(lengths, max_len)``: (B,) int lengths -> (B, 1, 1, max_len) boolean, True = real."""
+    check_against(
+        explain_crashes(student, "padding_mask_from_lengths"),
+        _padding_from_lengths, _padding_inputs, name="padding_mask_from_lengths", trials=trials,
+        mistakes=list(PADDING_MASK_MISTAKES.values()), dims=("batch", "heads", "queries", "keys"),
+        quiet=quiet, confirm_mistakes=True,
+    )
+
+
+def _causal_buggy(n_queries, n_keys, *, strict=False, invert=False, top_left=False):
+    offset = 0 if top_left else n_keys - n_queries
+    query_pos = torch.arange(offset, offset + n_queries)[:, None]
+    key_pos = torch.arange(n_keys)[None, :]
+    allowed = key_pos < query_pos if strict else key_pos <= query_pos
+    return ~allowed if invert else allowed
+
+
+def _causal_mistake(advice: str, **bug) -> Mistake:
+    return Mistake(advice, functools.partial(_causal_buggy, **bug))
+
+
+CAUSAL_MASK_MISTAKES: dict[str, Mistake] = {
+    "inverted": _causal_mistake(
+        "The mask is inverted: True marks the *future* in yours. True must mean 'may attend': key j "
+        "is allowed for a query at position i when j <= i (lower triangle, diagonal included). "
+        "`torch.triu(..., diagonal=1)` gives the *blocked* part, PyTorch's convention, not ours.",
+        invert=True,
+    ),
+    "diagonal excluded": _causal_mistake(
+        "The diagonal is excluded: a query may attend to its own position (key j <= query position "
+        "i, not j < i). With `torch.tril`, keep `diagonal=0`.",
+        strict=True,
+    ),
+    "queries at the start": _causal_mistake(
+        "The queries were placed at the first n_queries positions. With more keys than queries the "
+        "queries are the *last* n_queries positions (new tokens attending to cached ones): query i "
+        "is at position i + n_keys - n_queries. (`torch.tril(ones(n_queries, n_keys), "
+        "diagonal=n_keys - n_queries)` does it in one line.)",
+        top_left=True,
+    ),
+}
+
+
+def _causal_inputs(generator: torch.Generator) -> dict:
+    n_queries = int(torch.randint(1, 7, (1,), generator=generator))
+    extra = int(torch.randint(0, 2, (1,), generator=generator)) * int(torch.randint(1, 5, (1,), generator=generator))
+    return {"n_queries": n_queries, "n_keys": n_queries + extra}
+
+
+def check_causal_mask(student: Callable, trials: int = 8, quiet: bool = False) -> None:
+    """Check ``student(n_queries, n_keys)`` -> (n_queries, n_keys) boolean, True where j <= i's position."""
+    check_against(
+        explain_crashes(student, "causal_mask"),
+        causal_mask, _causal_inputs, name="causal_mask", trials=trials,
+        mistakes=list(CAUSAL_MASK_MISTAKES.values()), dims=("queries", "keys"), quiet=quiet,
+        confirm_mistakes=True,
+    )
+
+
+def _decoder_mask(real):
+    """The reference: padding & causal, (B, 1, T, T)."""
+    return padding_mask(real) & causal_mask(real.shape[1], device=real.device)
+
+
+def _decoder_buggy(real, *, combine="and", on_queries=False, causal=True):
+    time = real.shape[1]
+    pad = real[:, None, :, None] if on_queries else real[:, None, None, :]
+    tri = causal_mask(time) if causal else torch.ones(time, time, dtype=torch.bool)
+    return pad | tri if combine == "or" else pad & tri
+
+
+def _decoder_mistake(advice: str, **bug) -> Mistake:
+    return Mistake(advice, functools.partial(_decoder_buggy, **bug))
+
+
+DECODER_MASK_MISTAKES: dict[str, Mistake] = {
+    "or instead of and": _decoder_mistake(
+        "Combined with `|` (or): a key is then allowed when *either* mask allows it, so padding in "
+        "the past and every future real token get through. A key may be attended only when both "
+        "allow it: `padding & causal`.",
+        combine="or",
+    ),
+    "padding on the queries": _decoder_mistake(
+        "The padding mask hides padded *queries* (rows) instead of padded *keys* (columns): its "
+        "shape must be (B, 1, 1, T), the keys last, so that it broadcasts over the query rows.",
+        on_queries=True,
+    ),
+    "causal part missing": _decoder_mistake(
+        "The causal part is missing: every query sees the whole sentence, its future included. "
+        "Combine the padding mask with a causal mask of size (T, T) by `&`.",
+        causal=False,
+    ),
+}
+
+
+def _decoder_inputs(generator: torch.Generator) -> dict:
+    batch = int(torch.randint(2, 5, (1,), generator=generator))
+    time = int(torch.randint(3, 9, (1,), generator=generator))
+    return {"real": padded_mask(generator, batch, time)}
+
+
+def check_decoder_mask(student: Callable, trials: int = 5, quiet: bool = False) -> None:
+    """Check ``student(real)``: (B, T) boolean, True at real tokens -> (B, 1, T, T) padding & causal."""
+    check_against(
+        explain_crashes(student, "decoder_self_attention_mask"),
+        _decoder_mask, _decoder_inputs, name="decoder_self_attention_mask", trials=trials,
+        mistakes=list(DECODER_MASK_MISTAKES.values()), dims=("batch", "heads", "queries", "keys"),
+        quiet=quiet, confirm_mistakes=True,
+    )

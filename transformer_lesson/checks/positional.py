@@ -7,6 +7,11 @@ the mistakes in :data:`SINUSOIDAL_MISTAKES` (named only when the answer matches 
 different sizes). For a wrong table it also says where (position, feature, pair) and, when the
 student's pair is a proper (sin, cos) rotation, compares its frequency with the expected
 ``omega_i = 10000^(-2i/d_model)``.
+
+Then ``rotation_matrix(k, d_model)``, the block-diagonal R_k with ``PE[p + k] = R_k @ PE[p]`` for every
+position p (:data:`ROTATION_MISTAKES`), and ``add_learned_positions(x, weight, offset)``, what
+:class:`~transformer_lesson.positional.LearnedPositionalEmbedding` does with its table
+(:data:`LEARNED_MISTAKES`), including a clear ValueError past the table's last position.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..positional import sinusoidal_encoding
-from .core import Mistake, check_against, explain_crashes
+from ..positional import LearnedPositionalEmbedding, sinusoidal_encoding
+from .attention import likely_cause_first
+from .core import CheckFailed, Mistake, check_against, explain_crashes
 
 
 def _buggy(max_len, d_model, *, swap=False, halves=False, exponent_scale=2.0, start=0,
@@ -162,7 +168,177 @@ def check_sinusoidal_encoding(student: Callable, trials: int = 5, quiet: bool = 
     mistake differs from the right table by more than 0.6.
     """
     check_against(
-        _explained(student), sinusoidal_encoding, _inputs, name="sinusoidal_encoding", trials=trials,
+        _explained(student), sinusoidal_encoding, _inputs,
+        name="sinusoidal_encoding", trials=trials,
         mistakes=list(SINUSOIDAL_MISTAKES.values()), dims=("position", "feature"), quiet=quiet,
         confirm_mistakes=True, mistake_atol=0.3, hint=_where_and_frequency,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The relative-position property: PE[p + k] = R_k PE[p].
+# ---------------------------------------------------------------------------------------------
+
+def _rotation(k, d_model, *, sign=1.0, use_k=True, exponent_scale=2.0):
+    """R_k (d_model, d_model), block-diagonal; block i rotates the pair (sin, cos) by k * omega_i."""
+    i = torch.arange(d_model // 2, dtype=torch.float64)
+    omega = 10000.0 ** (-exponent_scale * i / d_model)
+    angle = (k if use_k else 1) * omega
+    cos, sin = torch.cos(angle), sign * torch.sin(angle)
+    rotation = torch.zeros(d_model, d_model, dtype=torch.float64)
+    even, odd = torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)
+    rotation[even, even], rotation[even, odd] = cos, sin  # sin((p+k)w) = sin(pw)cos(kw) + cos(pw)sin(kw)
+    rotation[odd, even], rotation[odd, odd] = -sin, cos  # cos((p+k)w) = cos(pw)cos(kw) - sin(pw)sin(kw)
+    return rotation.float()
+
+
+def _rotation_reference(k, d_model):
+    return _rotation(k, d_model)
+
+
+def _rotation_mistake(advice: str, **bug) -> Mistake:
+    return Mistake(advice, lambda k, d_model: _rotation(k, d_model, **bug))
+
+
+ROTATION_MISTAKES: dict[str, Mistake] = {
+    "rotates backwards": _rotation_mistake(
+        "Your matrix rotates by -k: it is R_{-k}, the transpose of R_k, and maps PE[p] to PE[p - k]. "
+        "The textbook rotation [[cos, -sin], [sin, cos]] acts on (x, y) = (cos, sin); here each pair "
+        "is (sin, cos), so the signs of the sines trade places. Work one pair out on paper with "
+        "sin(a + b) = sin a cos b + cos a sin b.",
+        sign=-1.0,
+    ),
+    "angle without k": _rotation_mistake(
+        "Every block turns by omega_i, the step of one position: the offset k is missing. Moving k "
+        "positions adds k * omega_i to each angle.",
+        use_k=False,
+    ),
+    "exponent without the 2": _rotation_mistake(
+        "The frequencies are 10000^(-i/d_model): i counts (sin, cos) pairs, so pair i turns at "
+        "omega_i = 10000^(-2i/d_model), the frequency of the table itself.",
+        exponent_scale=1.0,
+    ),
+}
+
+
+def _rotation_inputs(generator: torch.Generator) -> dict:
+    k = int(torch.randint(-12, 13, (1,), generator=generator))
+    k = k if k not in (0, 1) else k + 2  # an offset that tells the mistakes apart
+    return {"k": k, "d_model": 2 * int(torch.randint(2, 9, (1,), generator=generator))}
+
+
+def _rotation_property(actual, expected, inputs) -> str | None:
+    """Say whether the student's matrix maps PE[p] to PE[p + k], and if not, to which position."""
+    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+        return None
+    k, d_model = inputs["k"], inputs["d_model"]
+    table = sinusoidal_encoding(40, d_model, dtype=torch.float64)
+    p = 20
+    moved = actual.detach().double() @ table[p]
+    for j in range(40):
+        if torch.allclose(moved, table[j], atol=1e-4):
+            if j == p + k:
+                return None
+            return (f"Hint: your matrix maps PE[{p}] to PE[{j}], the position {j - p:+d} away, not "
+                    f"{k:+d}. (Rows are output features: R @ PE[p] must equal PE[p + k].)")
+    return (f"Hint: your matrix applied to PE[{p}] gives no row of the sinusoidal table at all: each "
+            f"block must be a rotation, cos on the diagonal and +-sin off it, for one pair (2i, 2i+1).")
+
+
+def check_rotation_matrix(student: Callable, trials: int = 6, quiet: bool = False) -> None:
+    """Check ``student(k, d_model)`` -> (d_model, d_model) R_k with PE[p + k] = R_k @ PE[p]."""
+    try:
+        check_against(
+            explain_crashes(student, "rotation_matrix"),
+            _rotation_reference, _rotation_inputs, name="rotation_matrix", trials=trials,
+            mistakes=list(ROTATION_MISTAKES.values()), dims=("row", "column"), atol=1e-4, quiet=quiet,
+            confirm_mistakes=True, hint=_rotation_property,
+        )
+    except CheckFailed as failure:
+        raise CheckFailed(likely_cause_first(str(failure))) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned positions: one trained row per position, added to the embeddings.
+# ---------------------------------------------------------------------------------------------
+
+def _learned_reference(x, weight, offset):
+    """The package's LearnedPositionalEmbedding with ``weight`` as its table."""
+    with torch.random.fork_rng(devices=[]):  # its random init must not move the student's RNG
+        module = LearnedPositionalEmbedding(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        module.embedding.weight.copy_(weight)
+        return module(x, offset)
+
+
+def _learned_buggy(x, weight, offset, *, start=None, add=True):
+    time = x.shape[1]
+    first = offset if start is None else start(offset, weight.shape[0], time)
+    rows = weight[first : first + time]
+    return x + rows if add else rows.expand_as(x).clone()
+
+
+def _learned_mistake(advice: str, **bug) -> Mistake:
+    return Mistake(advice, lambda x, weight, offset: _learned_buggy(x, weight, offset, **bug))
+
+
+LEARNED_MISTAKES: dict[str, Mistake] = {
+    "offset ignored": _learned_mistake(
+        "The offset is ignored: the rows start at position 0. With an offset the sequence starts at "
+        "position `offset` (one new token after `offset` earlier ones), so take rows "
+        "offset .. offset + T - 1.",
+        start=lambda offset, max_len, time: 0,
+    ),
+    "last rows": _learned_mistake(
+        "The last T rows of the table were used (`weight[-T:]`): row p is the vector of position p, "
+        "so take rows offset .. offset + T - 1.",
+        start=lambda offset, max_len, time: max_len - time,
+    ),
+    "one position late": _learned_mistake(
+        "Every token got the vector of the next position: positions count from 0, so the first "
+        "token (at `offset`) takes row `offset`.",
+        start=lambda offset, max_len, time: offset + 1,
+    ),
+    "embeddings not added": _learned_mistake(
+        "The result holds the position vectors only: they must be *added* to the token embeddings, "
+        "`x + rows`.",
+        add=False,
+    ),
+}
+
+
+def _learned_inputs(generator: torch.Generator) -> dict:
+    batch, time, d_model = (torch.randint(2, 6, (3,), generator=generator)).tolist()
+    max_len = time + 2 + int(torch.randint(1, 5, (1,), generator=generator))
+    offset = int(torch.randint(1, max_len - time, (1,), generator=generator))
+    return {"x": torch.randn(batch, time, d_model, generator=generator),
+            "weight": torch.randn(max_len, d_model, generator=generator), "offset": offset}
+
+
+def check_learned_positions(student: Callable, trials: int = 5, quiet: bool = False) -> None:
+    """Check ``student(x, weight, offset)`` -> x + weight[offset : offset + T], and its ValueError past the end."""
+    check_against(
+        explain_crashes(student, "add_learned_positions"), _learned_reference, _learned_inputs,
+        name="add_learned_positions", trials=trials,
+        mistakes=list(LEARNED_MISTAKES.values()), dims=("batch", "time", "d_model"), quiet=True,
+        confirm_mistakes=True,
+    )
+    x, weight = torch.randn(2, 5, 4), torch.randn(8, 4)
+    try:
+        student(x, weight, 4)  # positions 4 .. 8, but the table ends at 7
+    except ValueError:
+        pass
+    except Exception as error:
+        raise CheckFailed(
+            f"add_learned_positions(x of 5 tokens, a table of 8 positions, offset=4) raised "
+            f"{type(error).__name__}: {error}\nPositions 4 .. 8 run past the table (0 .. 7): raise a "
+            f"ValueError that says so, before indexing."
+        ) from None
+    else:
+        raise CheckFailed(
+            "add_learned_positions(x of 5 tokens, a table of 8 positions, offset=4) returned a result, "
+            "but positions 4 .. 8 run past the table (0 .. 7): raise a ValueError that says so."
+        )
+    if not quiet:
+        print("✓ add_learned_positions: matches the package's LearnedPositionalEmbedding on "
+              f"{trials} random inputs, and refuses positions past the table.")
