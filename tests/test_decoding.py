@@ -1,5 +1,6 @@
 """The incremental-decoder protocol and greedy decoding."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -190,6 +191,91 @@ def test_check_fails_answers_written_the_wrong_way(wrong, cause):
     with pytest.raises(CheckFailed, match="Likely cause") as failure:
         check_greedy_decode(wrong)
     assert cause in str(failure.value)
+
+
+def _never_stops_early(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    rows = []
+    for _ in range(max_len):  # always max_len steps, even when every sentence has ended
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(-1)
+        rows.append(last)
+    rows = torch.stack(rows, 1).tolist()
+    return [r[: r.index(EOS_ID)] if EOS_ID in r else r for r in rows]
+
+
+def _forgets_finished_sentences(model, src, src_mask, max_len):
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    rows = []
+    for _ in range(max_len):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(-1)
+        rows.append(last)
+        finished = last == EOS_ID  # forgets the sentences that ended at an earlier step
+        if finished.all():
+            break
+    rows = torch.stack(rows, 1).tolist()
+    return [r[: r.index(EOS_ID)] if EOS_ID in r else r for r in rows]
+
+
+def _right_answer(model, src, src_mask, max_len):
+    """Greedy decoding as a student writes it (the checks refuse the package's own)."""
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID, device=src.device)
+    finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+    steps = []
+    for _ in range(max_len):
+        logits, state = model.decode_step(state, last)
+        last = logits.argmax(dim=-1)
+        steps.append(last)
+        finished = finished | (last == EOS_ID)
+        if finished.all():
+            break
+    rows = torch.stack(steps, dim=1).tolist()
+    return [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in rows]
+
+
+def test_check_accepts_a_students_right_answer(capsys):
+    check_greedy_decode(_right_answer)
+    check_greedy_decode(_right_answer, trials=6, seed=1, quiet=True)  # as the hidden tests run it
+    assert capsys.readouterr().out.count("✓ greedy_decode") == 1
+
+
+def _one_sentence_at_a_time(model, src, src_mask, max_len):
+    return [_right_answer(model, src[i:i + 1], src_mask[i:i + 1], max_len)[0] for i in range(src.shape[0])]
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_never_stops_early, "break` when `finished.all()`"),
+    (_forgets_finished_sentences, "finished = finished | (last == EOS)"),
+    (_one_sentence_at_a_time, "decode the whole batch together"),
+])
+def test_check_refuses_right_tokens_decoded_the_slow_way(wrong, message):
+    with pytest.raises(CheckFailed, match="gives the right tokens") as failure:
+        check_greedy_decode(wrong)
+    assert message in str(failure.value)
+
+
+def test_check_has_trials_where_every_sentence_ends_before_max_len():
+    from transformer_lesson.checks.seq2seq import _decode_inputs, _steps_needed, _tiny_model
+
+    generator = torch.Generator().manual_seed(0)
+    for reach_max_len in (True, False) * 3:
+        inputs = _decode_inputs(generator, reach_max_len=reach_max_len)
+        translations, steps = _steps_needed(*inputs.values())
+        assert (steps == inputs["max_len"]) == reach_max_len, steps
+        assert translations == greedy_decode(_tiny_model(inputs["model_seed"]), *list(inputs.values())[1:])
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda model, src, src_mask, max_len: None, "forget the `return`"),
+    (lambda model, src, src_mask, max_len: np.zeros((src.shape[0], 3), dtype=np.int64), "not a NumPy array"),
+])
+def test_check_explains_answers_of_the_wrong_kind(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        check_greedy_decode(wrong)
 
 
 def test_check_says_which_sentence_has_the_wrong_length():

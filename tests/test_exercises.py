@@ -50,9 +50,10 @@ def test_nbgrader_metadata_is_valid(path):
     assert exercises.validate(nb, path.name) == []
     kinds = [(c.metadata["nbgrader"]["solution"], c.metadata["nbgrader"]["grade"])
              for c in nb.cells if "nbgrader" in c.metadata]
-    # every solution is followed (later in the notebook) by a graded check
-    for i, (solution, _) in enumerate(kinds):
-        if solution:
+    # every solution is followed (later in the notebook) by a graded check; an open question's answer
+    # cell (solution and graded, graded by hand) is its own
+    for i, (solution, graded) in enumerate(kinds):
+        if solution and not graded:
             assert any(grade for _, grade in kinds[i + 1:]), f"{path.name}: a solution without a check after it"
 
 
@@ -118,8 +119,9 @@ def test_first_student_exercise_raises_not_implemented(path, tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     student = exercises.student_version(nbformat.read(path, 4), path.name)
-    graded = [i for i, c in enumerate(student.cells) if c.metadata.get("nbgrader", {}).get("grade")]
-    first_check = graded[0]
+    checks = [i for i, c in enumerate(student.cells)  # graded code cells: open questions are graded by hand
+              if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")]
+    first_check = checks[0]
     student.cells = student.cells[: first_check + 1]
     client = NotebookClient(student, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

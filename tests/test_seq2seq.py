@@ -17,7 +17,6 @@ from transformer_lesson.checks.seq2seq import (
 )
 from transformer_lesson.seq2seq import GRUEncoder, GRUSeq2Seq, Seq2SeqConfig, last_real_state
 from transformer_lesson.toy import toy_batch
-from transformer_lesson.training import sequence_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,9 +68,20 @@ def test_decoder_names_a_layers_first_hidden_state():
         model.decode_step(state, torch.tensor([1, 1, 1]))
 
 
-def test_checks_accept_the_reference():
-    check_last_real_state(last_real_state)
-    check_sequence_loss(sequence_loss)
+def last_state_right(outputs, src_mask):
+    """Answers as a student writes them (the checks refuse the package's own)."""
+    last = src_mask.sum(dim=1) - 1
+    return outputs[torch.arange(outputs.shape[0]), last]
+
+
+def loss_right(logits, targets, mask):
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (losses * mask.reshape(-1)).sum() / mask.sum()
+
+
+def test_checks_accept_a_students_right_answer():
+    check_last_real_state(last_state_right)
+    check_sequence_loss(loss_right)
 
 
 @pytest.mark.parametrize("mistake", LAST_STATE_MISTAKES + LOSS_MISTAKES, ids=lambda m: m.advice[:30])
@@ -155,3 +165,42 @@ def test_loss_check_names_nll_loss_on_raw_logits():
 
     with pytest.raises(CheckFailed, match="(?s)Likely cause: F.nll_loss was given raw logits.*log_softmax"):
         check_sequence_loss(nll_on_logits)
+
+
+def test_last_state_check_names_the_arange_fix_for_indexing_one_dimension():
+    def all_pairs(outputs, src_mask):
+        last = src_mask.sum(dim=1) - 1
+        return outputs[:, last]  # (B, B, H): every sentence at every sentence's last position
+
+    with pytest.raises(CheckFailed, match=r"(?s)has 3 dimensions.*Likely cause: outputs\[:, last\].*"
+                                          r"outputs\[torch.arange\(B\), last\]"):
+        check_last_real_state(all_pairs)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda outputs, src_mask: None, "forget the `return`"),
+    (lambda outputs, src_mask: last_state_right(outputs, src_mask).numpy(), "returned a NumPy array"),
+    (lambda outputs, src_mask: last_state_right(outputs, src_mask).to("meta"), "tensor on device meta"),
+    (lambda outputs, src_mask: last_state_right(outputs, src_mask).long(), "dtype torch.int64"),
+])
+def test_last_state_check_explains_answers_of_the_wrong_kind(wrong, message):
+    with pytest.raises(CheckFailed, match=re.escape(message)):
+        check_last_real_state(wrong)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda logits, targets, mask: loss_right(logits, targets, mask).item(), "no .item()"),
+    (lambda logits, targets, mask: None, "forget the `return`"),
+    (lambda logits, targets, mask: loss_right(logits, targets, mask).detach().numpy(), "NumPy array"),
+    (lambda logits, targets, mask: loss_right(logits, targets, mask).to("meta"), "device meta"),
+    (lambda logits, targets, mask: loss_right(logits, targets, mask).reshape(1), "has 1 dimensions"),
+])
+def test_loss_check_explains_answers_of_the_wrong_kind(wrong, message):
+    with pytest.raises(CheckFailed, match=re.escape(message)):
+        check_sequence_loss(wrong)
+
+
+def test_checks_take_another_seed_for_hidden_tests(capsys):
+    check_last_real_state(last_state_right, trials=3, seed=1, quiet=True)
+    check_sequence_loss(loss_right, trials=3, seed=1, quiet=True)
+    assert capsys.readouterr().out == ""

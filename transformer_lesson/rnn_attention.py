@@ -18,6 +18,18 @@ from torch import nn
 from .seq2seq import GRUEncoder, Seq2SeqConfig, expect_batch_first_hidden, expect_last_tokens
 
 
+def additive_scores(
+    query: torch.Tensor, keys: torch.Tensor, W_query: torch.Tensor, W_key: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """Bahdanau's score of every key for one query: ``e_j = v . tanh(W_query q + W_key k_j)``.
+
+    ``query`` (B, Hq), ``keys`` (B, S, Hk), ``W_query`` (A, Hq), ``W_key`` (A, Hk), ``v`` (A,).
+    Returns the scores (B, S), before any mask or softmax.
+    """
+    projected = keys @ W_key.T + (query @ W_query.T)[:, None, :]  # (B, S, A)
+    return torch.tanh(projected) @ v  # (B, S)
+
+
 def additive_attention(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -33,8 +45,7 @@ def additive_attention(
     (A, Hk), ``v`` (A,). Returns ``context`` (B, Hk), the weighted sum of the keys, and
     ``weights`` (B, S), which sum to 1 over the real positions and are 0 at padding.
     """
-    projected = keys @ W_key.T + (query @ W_query.T)[:, None, :]  # (B, S, A)
-    scores = torch.tanh(projected) @ v  # (B, S)
+    scores = additive_scores(query, keys, W_query, W_key, v)  # (B, S)
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # exp() of it is 0
     weights = torch.softmax(scores, dim=-1)  # (B, S)
     context = (weights[:, :, None] * keys).sum(dim=1)  # (B, Hk)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,7 +16,42 @@ from ..decoding import greedy_decode
 from ..seq2seq import GRUSeq2Seq, Seq2SeqConfig, last_real_state
 from ..tokenizer import BOS_ID, EOS_ID, PAD_ID
 from ..training import sequence_loss
-from .core import CheckFailed, Mistake, check_against, explain_crashes_and_unwritten, padded_mask
+from .core import CheckFailed, Mistake, check_against, explain_crashes, padded_mask
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def plain_torch_answer(student: Callable, name: str) -> Callable:
+    """Wrap ``student`` so that a NumPy answer, or tensors on another device than the inputs', get a clear message.
+
+    (``None`` and wrong dtypes are reported by the comparison itself.)
+    """
+
+    @functools.wraps(student)
+    def guarded(*inputs):
+        result = student(*inputs)
+        parts = result if isinstance(result, tuple | list) else (result,)
+        if any(isinstance(part, np.ndarray) for part in parts):
+            raise CheckFailed(f"{name} returned a NumPy array: return torch tensors (no .numpy()), so that "
+                              "gradients and the GPU still work; torch.from_numpy(a) converts one back.")
+        devices = {t.device for t in _tensors(inputs)}
+        for tensor in _tensors(result):
+            if devices and tensor.device not in devices:
+                raise CheckFailed(
+                    f"{name} returned a tensor on device {tensor.device}, but its inputs are on "
+                    f"{', '.join(sorted(map(str, devices)))}. Make new tensors on the inputs' device "
+                    "(torch.zeros(..., device=x.device)) and do not move results with .to()/.cuda()/.cpu().")
+        return result
+
+    return guarded
 
 
 def _last_state_inputs(g: torch.Generator) -> dict:
@@ -32,21 +70,32 @@ LAST_STATE_MISTAKES = (
                                               src_mask.sum(1).clamp(max=outputs.shape[1] - 1)]),
     Mistake("that is the state after the first token; we want the state after the last real one.",
             lambda outputs, src_mask: outputs[:, 0]),
+    Mistake("outputs[:, last] takes, for *every* sentence, the outputs at all B sentences' last positions: "
+            "(B, B, H). Pair sentence i with its own last[i] by indexing both dimensions with tensors, "
+            "outputs[torch.arange(B), last] (or use gather).",
+            lambda outputs, src_mask: outputs[:, src_mask.sum(1) - 1]),
 )
 
 
-def check_last_real_state(student: Callable, trials: int = 5) -> None:
-    """Check ``last_real_state(outputs (B,S,H), src_mask (B,S)) -> (B, H)``."""
+def check_last_real_state(student: Callable, trials: int = 5, seed: int = 0, quiet: bool = False) -> None:
+    """Check ``last_real_state(outputs (B,S,H), src_mask (B,S)) -> (B, H)``.
+
+    ``seed`` draws other random inputs (hidden tests use another one than the visible check).
+    """
     check_against(
-        explain_crashes_and_unwritten(student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
-                                      index_hint="An index is out of range: off by one? A sentence with n real "
-                                                 "tokens ends at position n - 1, so use src_mask.sum(1) - 1."),
+        plain_torch_answer(explain_crashes(
+            student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
+            index_hint="An index is out of range: off by one? A sentence with n real tokens ends at "
+                       "position n - 1, so use src_mask.sum(1) - 1.", explain_not_implemented=True),
+            "last_real_state"),
         last_real_state,
         _last_state_inputs,
         name="last_real_state",
         trials=trials,
         mistakes=LAST_STATE_MISTAKES,
         dims=("batch", "hidden"),
+        seed=seed,
+        quiet=quiet,
     )
 
 
@@ -87,17 +136,28 @@ LOSS_MISTAKES = (
 )
 
 
-def check_sequence_loss(student: Callable, trials: int = 5) -> None:
+def check_sequence_loss(student: Callable, trials: int = 5, seed: int = 0, quiet: bool = False) -> None:
     """Check ``sequence_loss(logits (B,T,V), targets (B,T), mask (B,T)) -> scalar``."""
     hint = ("F.cross_entropy wants (N, V) logits and (N,) targets: flatten with "
             "logits.reshape(-1, V) and targets.reshape(-1).")
+
+    def a_tensor(*inputs):
+        loss = student(*inputs)
+        if isinstance(loss, float | int) and not isinstance(loss, bool):
+            raise CheckFailed("sequence_loss returned a Python number: return the scalar tensor itself "
+                              "(no .item()), so that loss.backward() can reach the model's weights.")
+        return loss
+
     check_against(
-        explain_crashes_and_unwritten(student, "sequence_loss", hint),
+        plain_torch_answer(explain_crashes(a_tensor, "sequence_loss", hint, explain_not_implemented=True),
+                           "sequence_loss"),
         lambda logits, targets, mask: sequence_loss(logits, targets, mask),
         _loss_inputs,
         name="sequence_loss",
         trials=trials,
         mistakes=LOSS_MISTAKES,
+        seed=seed,
+        quiet=quiet,
     )
 
 
@@ -113,6 +173,8 @@ class _TinyTranslator(nn.Module):
     counter lives in the state, so an answer that drops the new state never ends), and words
     follow it again, so an answer must *cut* at the first ``<eos>``. A 1-token source gives a
     2-3 token translation; a 6-token source reaches ``max_len=12`` without ``<eos>``.
+    ``batch_sizes`` records the batch of every ``decode_step`` call, so that the check can see
+    whether the loop stopped once every sentence had ended.
     """
 
     def __init__(self, seed: int):
@@ -123,6 +185,7 @@ class _TinyTranslator(nn.Module):
         with torch.no_grad():  # larger weights: the words change from step to step
             for parameter in self.gru.parameters():
                 parameter.mul_(3.0)
+        self.batch_sizes: list[int] = []
         self.eval()
 
     def start_decoding(self, src: torch.Tensor, src_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -133,6 +196,7 @@ class _TinyTranslator(nn.Module):
 
     def decode_step(self, state: dict[str, torch.Tensor], last_tokens: torch.Tensor
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.batch_sizes.append(int(last_tokens.shape[0]) if last_tokens.dim() else 1)
         logits, new_state = self.gru.decode_step(state, last_tokens)
         logits = logits.clone()
         logits[:, [PAD_ID, BOS_ID]] = float("-inf")
@@ -148,10 +212,14 @@ def _tiny_model(seed: int) -> _TinyTranslator:
 DECODE_MAX_LEN = 12
 
 
-def _decode_inputs(g: torch.Generator) -> dict:
+def _decode_inputs(g: torch.Generator, reach_max_len: bool = True) -> dict:
+    """A batch of 4-7 sources. With ``reach_max_len`` one translation is cut at ``max_len``; without,
+    every source has at most 4 tokens, so every translation ends (at most 9 tokens) before ``max_len``
+    and an answer that does not stop the loop once all have ended calls ``decode_step`` too often."""
     B = int(torch.randint(4, 8, (1,), generator=g))
-    lengths = torch.randint(1, 7, (B,), generator=g).tolist()
-    lengths[int(torch.randint(0, B, (1,), generator=g))] = 6  # one translation reaches max_len
+    lengths = torch.randint(1, 7 if reach_max_len else 5, (B,), generator=g).tolist()
+    if reach_max_len:
+        lengths[int(torch.randint(0, B, (1,), generator=g))] = 6  # one translation reaches max_len
     sources = [torch.randint(4, 9, (n,), generator=g).tolist() for n in lengths]
     src, src_mask = pad_sequences(sources)
     # the model travels as its seed: inputs must be plain values and tensors the check can compare
@@ -243,11 +311,75 @@ DECODE_MISTAKES = (
 )
 
 
-def check_greedy_decode(student: Callable, trials: int = 4) -> None:
-    """Check ``greedy_decode(model, src, src_mask, max_len) -> list of token-id lists`` on tiny random models."""
+def _steps_needed(model_seed: int, src: torch.Tensor, src_mask: torch.Tensor, max_len: int
+                  ) -> tuple[list[list[int]], int]:
+    """The translations, and how many decoding steps the batch needs: until every sentence has
+    produced <eos>, or max_len. (The checks' own loop, not the package's ``greedy_decode``: an
+    answer is refused for running that one.)"""
+    model = _tiny_model(model_seed)
+    state = model.start_decoding(src, src_mask)
+    last = torch.full((src.shape[0],), BOS_ID)
+    finished = torch.zeros(src.shape[0], dtype=torch.bool)
+    steps = []
+    with torch.no_grad():
+        for _ in range(max_len):
+            logits, state = model.decode_step(state, last)
+            last = logits.argmax(-1)
+            steps.append(last)
+            finished = finished | (last == EOS_ID)
+            if finished.all():
+                break
+    rows = torch.stack(steps, 1).tolist()
+    return [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in rows], len(steps)
+
+
+def _stop_when_done(student: Callable) -> Callable:
+    """``student`` as a function of the model's seed, refusing a right answer that decodes too many steps.
+
+    The translations are compared afterwards, by the check; this only looks at how the model was called
+    once they are right, so a wrong translation is reported as such first.
+    """
+
+    def decode(model_seed, src, src_mask, max_len):
+        model = _tiny_model(model_seed)
+        result = student(model, src, src_mask, max_len)
+        expected, needed = _steps_needed(model_seed, src, src_mask, max_len)
+        try:
+            right = [list(map(int, row)) for row in result] == expected
+        except (TypeError, ValueError):
+            right = False
+        if not right:
+            return result
+        batch, calls = src.shape[0], model.batch_sizes
+        if batch > 1 and calls and max(calls) < batch:
+            raise CheckFailed(
+                f"greedy_decode gives the right tokens, but decoded at most {max(calls)} of the {batch} sentences "
+                "per model.decode_step call: decode the whole batch together (one call per step for all "
+                "sentences), which is what makes batched translation fast.")
+        if len(calls) > needed:
+            raise CheckFailed(
+                f"greedy_decode gives the right tokens, but called model.decode_step {len(calls)} times where "
+                f"{needed} were enough: every sentence had produced <eos> by step {needed} (max_len = "
+                f"{max_len}). Stop the loop once all have finished: keep a boolean `finished` (B,), update it "
+                "with `finished = finished | (last == EOS)` (a sentence stays finished: after its <eos> a model "
+                "may write words again), and `break` when `finished.all()`.")
+        return result
+
+    return decode
+
+
+def check_greedy_decode(student: Callable, trials: int = 4, seed: int = 0, quiet: bool = False) -> None:
+    """Check ``greedy_decode(model, src, src_mask, max_len) -> list of token-id lists`` on tiny random models.
+
+    The trials alternate between a batch where one translation is cut at ``max_len`` and one where all
+    end before it; in the latter an answer must also stop calling ``decode_step`` once all have ended.
+    """
 
     def as_lists(*inputs):
         result = student(*inputs)
+        if isinstance(result, np.ndarray):
+            raise CheckFailed("greedy_decode should return a Python list of lists of ints (one per "
+                              "sentence, of different lengths), not a NumPy array.")
         if result is None or not isinstance(result, tuple | list | torch.Tensor):
             return result  # the comparison says what is wrong with it
         if isinstance(result, torch.Tensor):
@@ -255,12 +387,19 @@ def check_greedy_decode(student: Callable, trials: int = 4) -> None:
                               "sentence, of different lengths), not a tensor: use .tolist().")
         return [list(map(int, row)) for row in result]
 
+    trial = iter(range(10**9))
+
+    def inputs(g: torch.Generator) -> dict:
+        return _decode_inputs(g, reach_max_len=next(trial) % 2 == 0)
+
     check_against(
-        _with_tiny_model(explain_crashes_and_unwritten(as_lists, "greedy_decode",
-                                                       "Use model.start_decoding and model.decode_step.")),
+        _stop_when_done(explain_crashes(as_lists, "greedy_decode", "Use model.start_decoding and model.decode_step.",
+                                        explain_not_implemented=True)),
         _with_tiny_model(greedy_decode),
-        _decode_inputs,
+        inputs,
         name="greedy_decode",
         trials=trials,
         mistakes=[Mistake(m.advice, _with_tiny_model(m.implementation)) for m in DECODE_MISTAKES],
+        seed=seed,
+        quiet=quiet,
     )
