@@ -191,7 +191,7 @@ def test_step_check_explains_a_cell_without_the_context():
                                           (check_attention_step, step_right)])
 @pytest.mark.parametrize("change, message", [
     (lambda out: None, "forget the `return`"),
-    (lambda out: tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy(), "NumPy array"),
+    (lambda out: tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy(), "is a ndarray"),
     (lambda out: tuple(t.to("meta") for t in out) if isinstance(out, tuple) else out.to("meta"), "device meta"),
     (lambda out: tuple(t.long() for t in out) if isinstance(out, tuple) else out.long(), "dtype torch.int64"),
 ])

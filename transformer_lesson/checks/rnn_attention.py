@@ -9,7 +9,6 @@ import torch
 from ..rnn_attention import AttentionGRUDecoder, additive_attention, additive_scores
 from ..seq2seq import Seq2SeqConfig
 from .core import Mistake, check_against, explain_crashes, padded_mask
-from .seq2seq import plain_torch_answer
 
 # -- the scores -----------------------------------------------------------------------------------
 
@@ -59,9 +58,8 @@ def _scores_crash_hint(error: Exception) -> str:
 def check_additive_scores(student: Callable, trials: int = 5, seed: int = 0, quiet: bool = False) -> None:
     """Check ``additive_scores(query (B,Hq), keys (B,S,Hk), W_query (A,Hq), W_key (A,Hk), v (A,)) -> (B, S)``."""
     check_against(
-        plain_torch_answer(explain_crashes(student, "additive_scores", "Shapes: query (B, Hq), keys (B, S, Hk), "
-                                           "W_query (A, Hq), W_key (A, Hk), v (A,).", hint_for=_scores_crash_hint,
-                                           explain_not_implemented=True), "additive_scores"),
+        explain_crashes(student, "additive_scores", "Shapes: query (B, Hq), keys (B, S, Hk), W_query (A, Hq), "
+                        "W_key (A, Hk), v (A,).", hint_for=_scores_crash_hint, explain_not_implemented=True),
         additive_scores,
         _scores_inputs,
         name="additive_scores",
@@ -148,8 +146,7 @@ def check_additive_attention(student: Callable, trials: int = 5, seed: int = 0, 
     hint = ("Shapes: query (B, Hq), keys (B, S, Hk), W_query (A, Hq), W_key (A, Hk), v (A,). Add a "
             "source axis to the projected query, (B, 1, A), so it broadcasts against (B, S, A).")
     check_against(
-        plain_torch_answer(explain_crashes(student, "additive_attention", hint, explain_not_implemented=True),
-                           "additive_attention"),
+        explain_crashes(student, "additive_attention", hint, explain_not_implemented=True),
         additive_attention,
         _attention_inputs,
         name="additive_attention",
@@ -252,8 +249,7 @@ def check_attention_step(student: Callable, trials: int = 5, seed: int = 0, quie
             "[embedding, context] (E + 2H numbers) and the old state; decoder.out takes [new state, context, "
             "embedding] (H + 2H + E numbers).")
     check_against(
-        _with_decoder(plain_torch_answer(explain_crashes(student, "attention_step", hint,
-                                                         explain_not_implemented=True), "attention_step")),
+        _with_decoder(explain_crashes(student, "attention_step", hint, explain_not_implemented=True)),
         _with_decoder(_reference_step),
         _step_inputs,
         name="attention_step",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,41 +15,6 @@ from ..seq2seq import GRUSeq2Seq, Seq2SeqConfig, last_real_state
 from ..tokenizer import BOS_ID, EOS_ID, PAD_ID
 from ..training import sequence_loss
 from .core import CheckFailed, Mistake, check_against, explain_crashes, padded_mask
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, tuple | list):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
-def plain_torch_answer(student: Callable, name: str) -> Callable:
-    """Wrap ``student`` so that a NumPy answer, or tensors on another device than the inputs', get a clear message.
-
-    (``None`` and wrong dtypes are reported by the comparison itself.)
-    """
-
-    @functools.wraps(student)
-    def guarded(*inputs):
-        result = student(*inputs)
-        parts = result if isinstance(result, tuple | list) else (result,)
-        if any(isinstance(part, np.ndarray) for part in parts):
-            raise CheckFailed(f"{name} returned a NumPy array: return torch tensors (no .numpy()), so that "
-                              "gradients and the GPU still work; torch.from_numpy(a) converts one back.")
-        devices = {t.device for t in _tensors(inputs)}
-        for tensor in _tensors(result):
-            if devices and tensor.device not in devices:
-                raise CheckFailed(
-                    f"{name} returned a tensor on device {tensor.device}, but its inputs are on "
-                    f"{', '.join(sorted(map(str, devices)))}. Make new tensors on the inputs' device "
-                    "(torch.zeros(..., device=x.device)) and do not move results with .to()/.cuda()/.cpu().")
-        return result
-
-    return guarded
 
 
 def _last_state_inputs(g: torch.Generator) -> dict:
@@ -83,11 +46,9 @@ def check_last_real_state(student: Callable, trials: int = 5, seed: int = 0, qui
     ``seed`` draws other random inputs (hidden tests use another one than the visible check).
     """
     check_against(
-        plain_torch_answer(explain_crashes(
-            student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
-            index_hint="An index is out of range: off by one? A sentence with n real tokens ends at "
-                       "position n - 1, so use src_mask.sum(1) - 1.", explain_not_implemented=True),
-            "last_real_state"),
+        explain_crashes(student, "last_real_state", "outputs is (B, S, H) and src_mask (B, S).",
+                        index_hint="An index is out of range: off by one? A sentence with n real tokens ends at "
+                                   "position n - 1, so use src_mask.sum(1) - 1.", explain_not_implemented=True),
         last_real_state,
         _last_state_inputs,
         name="last_real_state",
@@ -149,8 +110,7 @@ def check_sequence_loss(student: Callable, trials: int = 5, seed: int = 0, quiet
         return loss
 
     check_against(
-        plain_torch_answer(explain_crashes(a_tensor, "sequence_loss", hint, explain_not_implemented=True),
-                           "sequence_loss"),
+        explain_crashes(a_tensor, "sequence_loss", hint, explain_not_implemented=True),
         lambda logits, targets, mask: sequence_loss(logits, targets, mask),
         _loss_inputs,
         name="sequence_loss",
