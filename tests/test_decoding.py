@@ -59,8 +59,8 @@ def test_reorder_state_selects_rows_of_every_tensor():
     assert out["mask"].tolist() == [True, True, True]
 
 
-def test_check_accepts_the_reference_and_names_each_mistake():
-    check_greedy_decode(greedy_decode)
+def test_check_accepts_the_reference_and_names_each_mistake(own_copy):
+    check_greedy_decode(own_copy(greedy_decode))
     for mistake in DECODE_MISTAKES:
         with pytest.raises(CheckFailed, match="Likely cause") as failure:
             check_greedy_decode(mistake.implementation)
@@ -286,10 +286,10 @@ def test_check_says_which_sentence_has_the_wrong_length():
         check_greedy_decode(one_too_many)
 
 
-def test_check_leaves_the_global_random_state_alone():
+def test_check_leaves_the_global_random_state_alone(own_copy):
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    check_greedy_decode(greedy_decode)
+    check_greedy_decode(own_copy(greedy_decode))
     assert torch.equal(torch.get_rng_state(), before)
 
 
