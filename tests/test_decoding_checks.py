@@ -49,12 +49,20 @@ def test_append_names_the_mistake(answer, fragment):
 
 
 def penalised(sums, hypotheses, alpha):
-    return torch.stack([s / length_penalty(len(h), alpha) for s, h in zip(sums, hypotheses, strict=True)])
+    return torch.stack([s / ((5 + len(h)) / 6) ** alpha for s, h in zip(sums, hypotheses, strict=True)])
 
 
 def test_penalty_passes_a_right_answer(capsys):
     check_penalised_scores(penalised)
     assert "✓ penalised_scores" in capsys.readouterr().out
+
+
+def test_penalty_refuses_the_package_s_length_penalty():
+    def with_the_package(sums, hypotheses, alpha):
+        return torch.stack([s / length_penalty(len(h), alpha) for s, h in zip(sums, hypotheses, strict=True)])
+
+    fails_with(check_penalised_scores, with_the_package, "runs the package's own answer, "
+                                                         "transformer_lesson.decoding.length_penalty")
 
 
 def _lengths(hypotheses, minus_eos=False):

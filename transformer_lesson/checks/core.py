@@ -539,6 +539,7 @@ PACKAGE_ANSWERS: dict[str, tuple[str, ...]] = {
     "rnn_cell": ("transformer_lesson.rnn.rnn_cell",),
     "sequence_loss": ("transformer_lesson.training.sequence_loss",),
     "greedy_decode": ("transformer_lesson.decoding.greedy_decode",),
+    "penalised_scores": ("transformer_lesson.decoding.length_penalty",),
     "attention_step": ("transformer_lesson.rnn_attention.AttentionGRUDecoder.step",),
     "bucket_batches": ("transformer_lesson.batching.token_budget_batches",),
     "attention": ("transformer_lesson.attention.scaled_dot_product_attention",
