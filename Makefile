@@ -11,7 +11,7 @@ COURSE ?= build/course
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install lab test lint unit notebooks student validate course strip clean
+.PHONY: install lab test lint unit notebooks student validate course strip colab clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ course:
 
 strip: install
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+# The Colab badge and setup cell of every notebook, and the README's badges, from transformer_lesson/colab.py.
+colab: install
+	$(PY) -m transformer_lesson.colab stamp --notebooks notebooks --readme README.md
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -38,11 +38,33 @@ class Pair(NamedTuple):
 
 
 def data_dir() -> Path:
-    """The folder holding the corpora: ``$TL_DATA_DIR`` or the repository's ``data/``."""
+    """The folder holding the corpora: ``$TL_DATA_DIR``, else the one that ships with the course.
+
+    Installed from a wheel (``pip install``), the corpus is the package's ``_data`` folder (the build
+    copies ``data/`` there); in a checkout (``pip install -e .``) it is the repository's ``data/``.
+    """
     override = os.environ.get(DATA_ENV)
     if override:
-        return Path(override)
-    return Path(__file__).resolve().parent.parent / "data"
+        folder = Path(override).expanduser()
+        if not folder.is_dir():
+            raise CorpusError(f"{DATA_ENV}={override} names no folder. Point it at a folder that holds multi30k/ "
+                              f"(and tatoeba-deu-eng/), or unset it to use the corpus that ships with the course.")
+        return folder
+    package = Path(__file__).resolve().parent
+    installed, checkout = package / "_data", package.parent / "data"
+    if installed.is_dir():
+        return installed
+    if (package.parent / "pyproject.toml").is_file():
+        if checkout.is_dir():
+            return checkout
+        problem, fix = f"{checkout} is missing", f"restore it with `git checkout -- data` in {package.parent}"
+    else:
+        from transformer_lesson.colab import RELEASE, REPOSITORY
+
+        problem = f"the package was installed without it ({installed} is missing)"
+        fix = f"reinstall it with `pip install --force-reinstall \"transformer-lesson @ git+{REPOSITORY}@{RELEASE}\"`"
+    raise CorpusError(f"The course's corpus is missing: {problem}. To fix it, {fix}, or set {DATA_ENV} to a folder "
+                      f"that holds multi30k/.")
 
 
 # ---------------------------------------------------------------------------------------------
