@@ -1,6 +1,7 @@
 """Grading is fair: a warning costs nothing, the package's own answer is refused, a stub and a failure read clearly.
 
-(The nbgrader round trip in test_instructors.py checks the same through a real kernel and nbgrader's feedback.)
+(The nbgrader round trip in test_instructors.py checks the same through real kernels and nbgrader's feedback,
+including a warning raised in a check cell's hidden tests, outside the check.)
 """
 
 import importlib

@@ -336,6 +336,21 @@ def _student_line(error: Exception) -> str:
     return f" at line {frame.lineno} of {frame.name}{code}"
 
 
+def _warnings_on_stdout_when_grading() -> None:
+    """Under nbgrader (``autograde`` and ``validate`` set ``NBGRADER_EXECUTION`` for the kernel), show every
+    warning on standard output: a graded cell's hidden tests may call the student's function directly,
+    outside a check, and a warning there would otherwise cost the exercise its points."""
+    if not os.environ.get("NBGRADER_EXECUTION"):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stdout.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
+
+
+_warnings_on_stdout_when_grading()
+
 _ADVISED: set[tuple[str, str]] = set()  # the warnings already shown during this check (cleared by check_against)
 _DEPTH = [0]  # how many check_against calls are running (they may nest)
 
