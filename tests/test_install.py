@@ -109,8 +109,16 @@ from nbclient import NotebookClient
 PROBE = '''import json, sys
 import ipywidgets, torch, transformer_lesson
 from transformer_lesson.data import data_dir
+# a lesson's explorer (plotting.explore): choosing another query in its menu must redraw its image
+shown = list((getattr(ipywidgets.widgets.widget, "_instances", None) or ipywidgets.Widget.widgets).values())
+menus, images = ([w for w in shown if isinstance(w, kind)] for kind in (ipywidgets.Dropdown, ipywidgets.Image))
+redrawn = None
+if menus and images:
+    before, menu = images[-1].value, menus[-1]
+    menu.value = next(value for _, value in menu.options if value != menu.value)
+    redrawn = images[-1].value != before
 print(json.dumps({"python": sys.executable, "package": transformer_lesson.__file__, "data": str(data_dir()),
-                  "ipywidgets": ipywidgets.__version__, "torch": torch.__version__}))'''
+                  "ipywidgets": ipywidgets.__version__, "torch": torch.__version__, "redrawn": redrawn}))'''
 for path in sys.argv[1:]:
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
@@ -170,6 +178,7 @@ def test_the_wheel_runs_lessons_in_a_fresh_environment_outside_the_checkout(tmp_
         assert Path(probe["package"]).is_relative_to(venv), "the kernel imported the checkout, not the wheel"
         assert Path(probe["data"]) == Path(probe["package"]).parent / "_data"
         assert probe["ipywidgets"] == IPYWIDGETS.split("==")[1] and probe["torch"].startswith("2.13.0")
+    assert [probe["redrawn"] for probe in probes] == [None, True], "lesson 04's explorer did not redraw"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     print(f"wheel built in {built - started:.1f} s, installed in {installed - built:.1f} s, {len(LESSONS)} lessons "
