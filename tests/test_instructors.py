@@ -61,8 +61,22 @@ def without_markers(source):
                      if line.strip() not in (exercises.BEGIN_SOLUTION, exercises.END_SOLUTION))
 
 
+# A cell each student adds at the end: which checkpoint folder did the grading kernel get, and what was in it?
+SPY = """from transformer_lesson.runtime import checkpoint_dir
+folder = checkpoint_dir()
+print("checkpoints:", folder, sorted(p.name for p in folder.iterdir()))
+(folder / "left-by-a-student").touch()"""
+
+
 def test_nbgrader_round_trip_on_lesson_00(tmp_path):
-    """generate_assignment, then autograde three students: solved, untouched and one typical mistake."""
+    """generate_assignment, then autograde three students: solved, untouched and one typical mistake.
+
+    Checks are graded automatically; open questions (markdown answer cells) are left to the
+    instructor, except an untouched one, which nbgrader scores 0 by itself. The test then grades the
+    solved student's answers by hand, as an instructor would, and reads the feedback. Also: each
+    graded notebook gets its own empty checkpoint folder, and a failed check shows its diagnosis
+    alone, not a traceback through the checks.
+    """
     pytest.importorskip("nbgrader", reason="nbgrader is in the 'instructor' extra")
     from nbgrader.api import Gradebook
 
@@ -83,42 +97,100 @@ def test_nbgrader_round_trip_on_lesson_00(tmp_path):
 
     nbgrader("generate_assignment")
     released = nbformat.read(course / "release" / assignment / lesson.name, 4)
+    cells = nbformat.read(lesson, 4).cells
     solutions = {c.metadata["nbgrader"]["grade_id"]: without_markers(c.source)
-                 for c in nbformat.read(lesson, 4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+                 for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
+    written = {c.metadata["nbgrader"]["grade_id"] for c in cells  # open questions: graded by hand
+               if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")}
+    assert len(written) >= 2, "lesson 00 should have open questions"
     assert solutions and all("raise NotImplementedError()" in c.source for c in released.cells
-                             if c.metadata.get("nbgrader", {}).get("grade_id") in solutions)
+                             if c.metadata.get("nbgrader", {}).get("grade_id") in solutions.keys() - written)
+    assert all(c.source == exercises.MARKDOWN_STUB for c in released.cells
+               if c.metadata.get("nbgrader", {}).get("grade_id") in written)
     wrong = {grade_id: source.replace("return ids, mask", "return ids, ~mask")
              for grade_id, source in solutions.items()}
     assert wrong != solutions, "lesson 00's solution changed: update the typical mistake here"
+    # the solved student's pad_sequences also warns: a right answer that warns still scores in full
+    solutions["pad-sequences"] = "import warnings\n\n" + solutions["pad-sequences"].replace(
+        "def pad_sequences(sequences, pad_id):\n",
+        "def pad_sequences(sequences, pad_id):\n    warnings.warn('an old spelling', DeprecationWarning)\n", 1)
+    assert "warnings.warn" in solutions["pad-sequences"]
     for student, answers in [("solved", solutions), ("untouched", {}), ("inverted", wrong)]:
         submission = copy.deepcopy(released)
         for cell in submission.cells:
             cell.source = answers.get(cell.metadata.get("nbgrader", {}).get("grade_id"), cell.source)
+        submission.cells.append(nbformat.v4.new_code_cell(SPY))
         folder = course / "submitted" / student / assignment
         folder.mkdir(parents=True)
         nbformat.write(submission, folder / lesson.name)
 
     nbgrader("autograde")
     graded = graded_cells(lesson)
+    checks = {(grade_id, points) for grade_id, points in graded if grade_id not in written}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        def scores(student):
-            return {(grade_id, gradebook.find_grade(grade_id, lesson.stem, assignment, student).score)
-                    for grade_id, _ in graded}
+        def grade(student, grade_id):
+            return gradebook.find_grade(grade_id, lesson.stem, assignment, student)
 
-        assert scores("solved") == graded
-        assert scores("untouched") == {(grade_id, 0) for grade_id, _ in graded}
-        assert scores("inverted") == {(grade_id, 0) for grade_id, _ in graded}
+        def scores(student, grade_ids):
+            return {(grade_id, grade(student, grade_id).score) for grade_id, _ in grade_ids}
+
+        assert scores("solved", checks) == checks
+        assert scores("untouched", graded) == {(grade_id, 0) for grade_id, _ in graded}
+        assert scores("inverted", checks) == {(grade_id, 0 if grade_id == "pad-sequences-check" else points)
+                                              for grade_id, points in checks}
+        # answered open questions wait for the instructor; untouched ones are already 0
+        assert all(grade("solved", grade_id).needs_manual_grade for grade_id in written)
+        assert not any(grade("untouched", grade_id).needs_manual_grade for grade_id in written)
+        for grade_id, points in graded:  # the instructor grades the model answers in full
+            if grade_id in written:
+                grade("solved", grade_id).manual_score = points
+        gradebook.db.commit()
+        assert scores("solved", graded) == graded
 
     untouched = nbformat.read(course / "autograded" / "untouched" / assignment / lesson.name, 4)
     errors = [o.ename + ": " + o.evalue for c in untouched.cells if c.metadata.get("nbgrader", {}).get("grade")
-              for o in c.outputs if o.output_type == "error"]
-    assert len(errors) == len(graded) and all("NotImplementedError" in error for error in errors), errors
+              for o in c.get("outputs", []) if o.output_type == "error"]
+    assert len(errors) == len(checks) and all("not written yet" in error or "NotImplementedError" in error
+                                              for error in errors), errors
+
+    def error_outputs(student):
+        notebook = nbformat.read(course / "autograded" / student / assignment / lesson.name, 4)
+        return [o for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade")
+                for o in c.get("outputs", []) if o.output_type == "error"]
+
+    # a check that fails shows its diagnosis first and alone (IPython renders CheckFailed without a traceback);
+    # an unfinished exercise reads the same one line in every lesson
+    for error in error_outputs("untouched"):
+        assert error.ename == "CheckFailed" and len(error.traceback) == 1, error.traceback
+        assert "is not written yet: replace `raise NotImplementedError()` with your code" in error.traceback[0]
+    [error] = error_outputs("inverted")
+    assert error.traceback[0].startswith("\x1b[0;31mCheckFailed\x1b[0m: pad_sequences(...)[1] differs"), error
+    assert len(error.traceback) <= 6 and "Traceback" not in "".join(error.traceback), error.traceback
+
+    notebook = nbformat.read(course / "autograded" / "solved" / assignment / lesson.name, 4)
+    [check] = [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "pad-sequences-check"]
+    assert [o.name for o in check.outputs] == ["stdout"], check.outputs  # nothing on stderr, where it would score 0
+    assert "DeprecationWarning: an old spelling" in check.outputs[0].text
+
+    # every graded notebook ran with a checkpoint folder of its own, empty at the start and deleted afterwards
+    folders = []
+    for student in ("solved", "untouched", "inverted"):
+        notebook = nbformat.read(course / "autograded" / student / assignment / lesson.name, 4)
+        printed = "".join(o.text for o in notebook.cells[-1].outputs if o.output_type == "stream")
+        folder, contents = re.fullmatch(r"checkpoints: (\S+) (\[.*\])\n", printed).groups()
+        assert contents == "[]", f"{student}'s grading found another run's files: {contents}"
+        assert Path(folder).parent == tmp_path / "checkpoints" and not Path(folder).exists()
+        folders.append(folder)
+    assert len(set(folders)) == 3, folders
 
     nbgrader("generate_feedback")
     total = sum(points for _, points in graded)
+    inverted = sum(points for grade_id, points in checks if grade_id != "pad-sequences-check")
     feedback = {student: (course / "feedback" / student / assignment / f"{lesson.stem}.html").read_text()
                 for student in ("solved", "untouched", "inverted")}
     assert f"{lesson.stem} (Score: {total:.1f} / {total:.1f})" in feedback["solved"]
     assert f"{lesson.stem} (Score: 0.0 / {total:.1f})" in feedback["untouched"]
-    assert f"{lesson.stem} (Score: 0.0 / {total:.1f})" in feedback["inverted"]
+    assert f"{lesson.stem} (Score: {inverted:.1f} / {total:.1f})" in feedback["inverted"]
     assert "the mask is inverted" in feedback["inverted"]  # the check's diagnosis reaches the student
+    assert "is not written yet" in feedback["untouched"]
+    assert "core.py" not in feedback["inverted"]  # no frames of the checks' internals

@@ -29,6 +29,19 @@ from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 T = TypeVar("T")
 
 
+def padding_mask(lengths: torch.Tensor, longest: int | None = None) -> torch.Tensor:
+    """The padding mask (batch, longest) of sequences with these ``lengths`` (batch,): True at real tokens.
+
+    Row ``b`` is True at positions ``0 .. lengths[b] - 1`` and False after them. ``longest``
+    defaults to the largest length; a larger one adds padding columns.
+    """
+    if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1 or lengths.is_floating_point():
+        raise ValueError(f"lengths must be a 1-d integer tensor (batch,), got {lengths!r}.")
+    if longest is None:
+        longest = int(lengths.max()) if lengths.numel() else 0
+    return torch.arange(longest, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad lists of token ids into one tensor.
 
@@ -38,7 +51,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> t
     if len(sequences) == 0:
         raise ValueError("pad_sequences needs at least one sequence.")
     lengths = torch.tensor([len(seq) for seq in sequences])
-    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (batch, longest)
+    mask = padding_mask(lengths)  # (batch, longest)
     ids = torch.full(mask.shape, pad_id, dtype=torch.long)
     # One assignment instead of a loop over rows: boolean indexing visits the True places row by
     # row, left to right, which is exactly the order of the sequences laid end to end. (About 4x

@@ -57,6 +57,36 @@ def rnn_forward(
     return torch.stack(outputs, dim=1), h
 
 
+def rnn_step_backward(grad_h: torch.Tensor, h: torch.Tensor, W_hh: torch.Tensor) -> torch.Tensor:
+    """Backpropagate one step of :func:`rnn_cell` by hand: from ``∂L/∂h_t`` to ``∂L/∂h_{t-1}``.
+
+    ``grad_h`` (B, H) is the gradient of a loss with respect to the state ``h`` = ``h_t`` (B, H)
+    that the cell returned, ``W_hh`` (H, H). As ``h_t = tanh(a_t)`` with
+    ``a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``, the chain rule gives
+    ``∂L/∂a_t = ∂L/∂h_t ⊙ (1 - h_t²)`` (tanh' written with tanh's own output) and
+    ``∂L/∂h_{t-1} = ∂L/∂a_t W_hh``. Returns ``∂L/∂h_{t-1}`` (B, H), through this step only.
+    """
+    return (grad_h * (1 - h * h)) @ W_hh
+
+
+def state_gradients(outputs: torch.Tensor, W_hh: torch.Tensor, grad_last: torch.Tensor) -> torch.Tensor:
+    """Backpropagation through time by hand, for a loss that reads only the last state.
+
+    ``outputs`` (B, T, H) are the states of :func:`rnn_forward` (``outputs[:, t]`` = ``h_t``),
+    ``W_hh`` (H, H), ``grad_last`` (B, H) the gradient of the loss with respect to the last state.
+    Returns ``grads`` (B, T, H) with ``grads[:, t]`` = ``∂L/∂h_t``: ``grads[:, -1]`` is
+    ``grad_last``, and each earlier one comes from the next by :func:`rnn_step_backward`. One
+    multiplication by ``diag(1 - h_t²) W_hh`` per step back is why these gradients shrink (or
+    grow) geometrically with the distance from the end.
+    """
+    grad = grad_last
+    grads = [grad]
+    for t in range(outputs.shape[1] - 1, 0, -1):
+        grad = rnn_step_backward(grad, outputs[:, t], W_hh)
+        grads.append(grad)
+    return torch.stack(grads[::-1], dim=1)
+
+
 class ScratchRNN(nn.Module):
     """A one-layer tanh RNN built on :func:`rnn_forward`, with ``nn.RNNCell``'s parameter names.
 

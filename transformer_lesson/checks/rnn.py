@@ -1,4 +1,4 @@
-"""Checks for lesson 01: a recurrent cell by hand, and unrolling it over a sequence."""
+"""Checks for lesson 01: a recurrent cell by hand, unrolling it, and backpropagating through it by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..rnn import rnn_forward
+from ..rnn import rnn_forward, rnn_step_backward, state_gradients
 from .core import CheckFailed, Mistake, check_against, explain_crashes_and_unwritten
 
 
@@ -148,4 +148,115 @@ def check_rnn_forward(rnn_forward_fn: Callable, trials: int = 5) -> None:
         trials=trials,
         mistakes=FORWARD_MISTAKES,
         dims={"rnn_forward(...)[0]": ("batch", "time", "hidden"), "rnn_forward(...)[1]": ("batch", "hidden")},
+    )
+
+
+def _step_backward_inputs(g: torch.Generator) -> dict:
+    B = int(torch.randint(2, 6, (1,), generator=g))
+    H = int(torch.randint(B + 1, 9, (1,), generator=g))  # H != B, so a transposed layout shows
+    return {
+        "grad_h": torch.randn(B, H, generator=g),
+        "h": torch.randn(B, H, generator=g).tanh(),  # a state, as tanh returns it
+        "W_hh": torch.randn(H, H, generator=g) * 0.7,
+    }
+
+
+STEP_BACKWARD_MISTAKES = (
+    Mistake("the tanh's derivative is missing: first multiply grad_h by tanh'(a_t) = 1 - h_t**2, "
+            "element by element, then by W_hh.", lambda grad_h, h, W_hh: grad_h @ W_hh),
+    Mistake("W_hh is transposed: the forward pass computes h_{t-1} @ W_hh.T, so the gradient goes back "
+            "through `@ W_hh` (no .T).", lambda grad_h, h, W_hh: (grad_h * (1 - h**2)) @ W_hh.T),
+    Mistake("tanh'(a) is 1 - tanh(a)**2, and tanh(a) is the state h itself: use 1 - h**2, not 1 - h.",
+            lambda grad_h, h, W_hh: (grad_h * (1 - h)) @ W_hh),
+    Mistake("h is already tanh's output: tanh'(a) = 1 - h**2. Applying tanh to h again (1 - tanh(h)**2) "
+            "takes the derivative at the wrong point.",
+            lambda grad_h, h, W_hh: (grad_h * (1 - torch.tanh(h) ** 2)) @ W_hh),
+    Mistake("the derivative is applied after the matrix product; it belongs to the step's own state h_t, "
+            "before W_hh: (grad_h * (1 - h**2)) @ W_hh.", lambda grad_h, h, W_hh: (grad_h @ W_hh) * (1 - h**2)),
+    Mistake("that is the sigmoid's derivative, h (1 - h); tanh's is 1 - h**2.",
+            lambda grad_h, h, W_hh: (grad_h * h * (1 - h)) @ W_hh),
+)
+
+
+def check_rnn_step_backward(student_fn: Callable, trials: int = 6) -> None:
+    """Check ``rnn_step_backward(grad_h (B,H), h (B,H), W_hh (H,H)) -> grad_h_prev (B,H)``."""
+    hint = ("Shapes: grad_h and h are (B, H), W_hh (H, H). Multiply grad_h by 1 - h**2 element by element, "
+            "then by W_hh.")
+    check_against(
+        explain_crashes_and_unwritten(student_fn, "rnn_step_backward", hint),
+        rnn_step_backward,
+        _step_backward_inputs,
+        name="rnn_step_backward",
+        trials=trials,
+        mistakes=STEP_BACKWARD_MISTAKES,
+        dims=("batch", "hidden"),
+    )
+
+
+def _bptt_inputs(g: torch.Generator) -> dict:
+    sizes = _sequence_inputs(g)  # the states of a real tanh RNN, so that 1 - h**2 is what BPTT meets
+    outputs, _ = rnn_forward(*sizes.values())
+    return {"outputs": outputs, "W_hh": sizes["W_hh"], "grad_last": torch.randn(sizes["h0"].shape, generator=g)}
+
+
+def _flipped(outputs, W_hh, grad_last):
+    return state_gradients(outputs, W_hh, grad_last).flip(1)
+
+
+def _slope_of_previous_state(outputs, W_hh, grad_last):
+    grads = [grad_last]
+    for t in range(outputs.shape[1] - 1, 0, -1):
+        grads.append(rnn_step_backward(grads[-1], outputs[:, t - 1], W_hh))
+    return torch.stack(grads[::-1], dim=1)
+
+
+def _every_step_from_the_end(outputs, W_hh, grad_last):
+    grads = [rnn_step_backward(grad_last, outputs[:, t + 1], W_hh) for t in range(outputs.shape[1] - 1)]
+    return torch.stack([*grads, grad_last], dim=1)
+
+
+def _one_step_too_many(outputs, W_hh, grad_last):
+    grads, grad = [], grad_last
+    for t in range(outputs.shape[1] - 1, -1, -1):
+        grad = rnn_step_backward(grad, outputs[:, t], W_hh)
+        grads.append(grad)
+    return torch.stack(grads[::-1], dim=1)
+
+
+def _transposed_steps(outputs, W_hh, grad_last):
+    return state_gradients(outputs, W_hh.T, grad_last)
+
+
+def _no_derivative(outputs, W_hh, grad_last):
+    return state_gradients(torch.zeros_like(outputs), W_hh, grad_last)
+
+
+BPTT_MISTAKES = (
+    Mistake("the gradients are in the wrong order: grads[:, t] is the gradient for outputs[:, t], so the "
+            "last entry is grad_last. (Collected walking backwards? Reverse the list before stacking.)", _flipped),
+    Mistake("each step back uses the wrong state's slope: going from h_t to h_{t-1} multiplies by "
+            "1 - h_t**2 of the *later* state h_t = outputs[:, t], the one the cell returned.",
+            _slope_of_previous_state),
+    Mistake("every gradient starts again from grad_last: each step back must start from the gradient of "
+            "the step after it, so that the factors multiply up.", _every_step_from_the_end),
+    Mistake("grads[:, -1] must be grad_last itself (the loss reads the last state directly); the first "
+            "step back gives grads[:, -2].", _one_step_too_many),
+    Mistake("W_hh is transposed: one step back is (grad * (1 - h**2)) @ W_hh, without .T.", _transposed_steps),
+    Mistake("the tanh's derivative is missing: each step back multiplies by 1 - h_t**2 before W_hh.",
+            _no_derivative),
+)
+
+
+def check_state_gradients(student_fn: Callable, trials: int = 5) -> None:
+    """Check ``state_gradients(outputs (B,T,H), W_hh (H,H), grad_last (B,H)) -> grads (B,T,H)``."""
+    hint = ("outputs[:, t] is h_t (B, H). Start from grad_last at t = T - 1 and walk back to t = 0, one "
+            "rnn_step_backward per step.")
+    check_against(
+        explain_crashes_and_unwritten(student_fn, "state_gradients", hint),
+        state_gradients,
+        _bptt_inputs,
+        name="state_gradients",
+        trials=trials,
+        mistakes=BPTT_MISTAKES,
+        dims=("batch", "time", "hidden"),
     )
