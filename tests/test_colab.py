@@ -44,10 +44,9 @@ def test_each_lesson_opens_with_its_badge_and_the_setup_cell(path):
     assert "nbgrader" not in badge.metadata and "nbgrader" not in setup.metadata
 
 
-def test_the_notebooks_and_the_readme_are_stamped():
-    result = subprocess.run([sys.executable, "-m", "transformer_lesson.colab", "check"], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_the_notebooks_and_the_readme_are_stamped(capsys):
+    code = colab.main(["check", "--notebooks", str(ROOT / "notebooks"), "--readme", str(README)])
+    assert code == 0, capsys.readouterr().out
 
 
 def test_a_new_address_or_tag_needs_stamping_again(tmp_path, monkeypatch):
