@@ -41,6 +41,7 @@ def test_unknown_device_is_an_error():
 
 def test_amp_settings_follow_compute_capability(monkeypatch):
     assert not runtime.amp_settings("cpu").enabled
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # amp_settings refuses a missing device
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     t4 = runtime.amp_settings("cuda")
     assert t4.dtype == torch.float16 and t4.use_grad_scaler  # T4: fp16 + GradScaler

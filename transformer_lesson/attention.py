@@ -19,6 +19,10 @@ up with (heads, T_q, T_k), not with the batch; write ``mask.unsqueeze(1)``.
 ``is_causal=True`` adds a causal mask (combined with ``mask`` by AND).
 A query whose every key is masked has nothing to average: by definition its output is zeros and
 its weights are zeros (softmax alone would give 0/0 = NaN).
+A key the mask hides from every query (padding) never changes the output, even if it or its value
+holds NaN or inf: both are set to zero before the product (a weight of 0 times NaN is still NaN).
+A key hidden from some queries only (the causal mask) is seen by the others, so a NaN there is a
+real NaN in the input.
 
 One interface, two paths, chosen by ``fast``:
 
@@ -172,6 +176,8 @@ def scaled_dot_product_attention(
     """
     check_attention_inputs(queries, keys, values, mask, is_causal)
     t_q, t_k = queries.shape[-2], keys.shape[-2]
+    if mask is not None:
+        keys, values = _zero_hidden_keys(keys, values, mask)
     if fast:
         if is_causal and mask is None and t_q == t_k:
             # SDPA's own is_causal lines the mask up top-left; with T_q == T_k that is ours.
@@ -207,6 +213,17 @@ def scaled_dot_product_attention(
         weights.append(w if need_weights else None)
     output = torch.cat(outputs, dim=-2)  # (..., T_q, d_v)
     return output, torch.cat(weights, dim=-2) if need_weights else None
+
+
+def _zero_hidden_keys(keys, values, mask):
+    """Keys and values with every position that no query may see set to 0 (so NaN there cannot leak).
+
+    One pass over K and V (T_k·d numbers), small next to attention's T_q·T_k·d; no check for
+    NaN first, which on a GPU would wait for the device.
+    """
+    seen = mask.any(dim=-2) if mask.dim() >= 2 else mask  # (..., T_k): some query may see key j
+    hidden = ~seen.unsqueeze(-1)  # (..., T_k, 1)
+    return keys.masked_fill(hidden, 0.0), values.masked_fill(hidden, 0.0)
 
 
 def _query_rows(mask, first, rows):

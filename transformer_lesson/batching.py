@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+from .validation import require_id_sequences, require_int, require_pairs
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> t
     Returns ``ids`` of shape (batch, longest) with ``pad_id`` after each sequence's end, and
     ``mask`` of the same shape, True at real tokens and False at padding.
     """
+    flat = require_id_sequences(sequences, "pad_sequences' sequences")
     if len(sequences) == 0:
         raise ValueError("pad_sequences needs at least one sequence.")
     lengths = torch.tensor([len(seq) for seq in sequences])
@@ -56,7 +58,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> t
     # One assignment instead of a loop over rows: boolean indexing visits the True places row by
     # row, left to right, which is exactly the order of the sequences laid end to end. (About 4x
     # faster than the loop for a batch of 137 sentences; batches are built at every training step.)
-    ids[mask] = torch.tensor([token for seq in sequences for token in seq], dtype=torch.long)
+    ids[mask] = flat
     return ids, mask
 
 
@@ -207,9 +209,12 @@ class TranslationData:
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer, max_len: int = 128):
+        max_len = require_int(max_len, "max_len")
         if max_len < 3:
             raise ValueError(f"max_len must be at least 3 (<bos>, a token, <eos>), got {max_len}.")
-        self.pairs = list(pairs)
+        if not callable(getattr(tokenizer, "encode_batch", None)):
+            raise TypeError(f"tokenizer must be a Tokenizer (train_tokenizer), got {type(tokenizer).__name__}.")
+        self.pairs = require_pairs(pairs, "TranslationData's pairs")
         for number, (src, tgt) in enumerate(self.pairs):
             if not src.strip() or not tgt.strip():
                 raise ValueError(f"Pair {number} has an empty side ({src!r}, {tgt!r}); every pair needs two sentences.")

@@ -23,6 +23,7 @@ import glob
 import hashlib
 import os
 import random
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .runtime import AmpSettings, rank_and_world_size, unwrap
+from .validation import require_file
 
 CHECKPOINT_FORMAT = "transformer-lesson-checkpoint"
 # 3: "model_config", the model's own config (no "model_class");
@@ -201,7 +203,13 @@ def save_checkpoint(
     used (recorded, so that a resume on another kind of GPU can say so). ``rng_states`` are the
     random states of every process, in rank order (by default this process's alone).
     """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a file path (str or pathlib.Path), got {type(path).__name__}.")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file path for the checkpoint, such as {path}/model.pt.")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save_checkpoint saves an nn.Module, got {type(model).__name__}.")
     model = unwrap(model)  # no "module." prefix in the saved names
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -210,6 +218,7 @@ def save_checkpoint(
         "model_sha256": weights_digest(model.state_dict()),
         "model_config": plain_config(model_config) if model_config is not None else _own_model_config(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_class": type(optimizer).__name__ if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "step": step,
@@ -330,9 +339,8 @@ def load_checkpoint(
     parameters differ (by name or shape). Loading uses ``weights_only=True``: a checkpoint cannot
     run code. Checkpoints of versions 1 and 2 (before ``model_config``) load too.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {path}. Train a model first (or check the path).")
+    path = require_file(path, "path", what="checkpoint", error=CheckpointError,
+                        advice="train a model first, or check the path", usual_name="model.pt")
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
@@ -344,7 +352,8 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # PyTorch's own first sentence, without its advice (which is not ours) or colour codes.
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().split("\n")[0].split(". ")[0][:120]
         if "weights only load failed" in str(error).lower():
             raise CheckpointError(
                 f"The checkpoint {path} is complete, but it holds a Python object that a safe load "
@@ -355,7 +364,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"The checkpoint {path} could not be read: it is truncated or corrupt (perhaps the run "
             f"was killed while copying it). Delete it to start afresh. ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''})") from None
+            f"{first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a transformer-lesson checkpoint (a bare state_dict?). "
                               f"Save checkpoints with save_checkpoint().")
@@ -390,6 +399,7 @@ def apply_checkpoint(payload: Mapping[str, Any], path: str | Path, model: nn.Mod
         check_state_dict_fits(model, payload["model"], path=path, model_config=payload.get("model_config"))
         model.load_state_dict(payload["model"])
     if optimizer is not None and payload.get("optimizer") is not None:
+        _check_same_optimizer(payload, path, optimizer)
         try:
             optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as error:
@@ -398,6 +408,27 @@ def apply_checkpoint(payload: Mapping[str, Any], path: str | Path, model: nn.Mod
         scheduler.load_state_dict(payload["scheduler"])
     if scaler is not None and payload.get("scaler") is not None:
         scaler.load_state_dict(payload["scaler"])
+
+
+def _check_same_optimizer(payload: Mapping[str, Any], path: str | Path, optimizer: Any) -> None:
+    """Refuse an optimizer state saved by another kind of optimizer (Adam's into SGD, say).
+
+    ``load_state_dict`` itself accepts it and the first step fails (SGD looks for its ``momentum``);
+    the settings each parameter group holds tell the kinds apart.
+    """
+    saved_class = payload.get("optimizer_class")
+    saved_groups = payload["optimizer"].get("param_groups") or [{}]
+    saved_keys = set(saved_groups[0]) - {"params"}
+    our_keys = set(optimizer.param_groups[0]) - {"params"} if optimizer.param_groups else set()
+    ours = type(optimizer).__name__
+    # Settings that define a kind of optimizer (not ones a newer PyTorch may add to every kind).
+    defining = {"momentum", "dampening", "nesterov", "betas", "eps", "rho", "lr_decay", "alpha"}
+    if (saved_class is not None and saved_class != ours) or (saved_keys and (our_keys - saved_keys) & defining):
+        settings = ", ".join(sorted(saved_keys & defining)) or "other settings"
+        saved = saved_class or f"another optimizer (with {settings})"
+        raise CheckpointError(f"The optimizer state in {path} was saved by {saved}, but this optimizer is {ours}: "
+                              f"resume with the optimizer the run was trained with, or load only the model "
+                              f"(load_checkpoint(path, model)) and start a new optimizer.")
 
 
 def read_model_config(path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from .tokenizer import BOS_ID, EOS_ID
+from .validation import require_int, require_number, require_tensor
 
 State = dict[str, torch.Tensor]
 
@@ -37,6 +38,12 @@ def reorder_state(state: State, index: torch.Tensor) -> State:
 
 
 @torch.no_grad()
+def _check_source(src, src_mask) -> None:
+    """``src`` and ``src_mask`` as every decoder takes them: (B, S) tensors (the model checks the rest)."""
+    require_tensor(src, "src", ndim=2, layout="(batch, time) of token ids")
+    require_tensor(src_mask, "src_mask", ndim=2, layout="(batch, time) of booleans, True at real tokens")
+
+
 def greedy_decode(
     model: IncrementalDecoder,
     src: torch.Tensor,
@@ -54,6 +61,8 @@ def greedy_decode(
     model is not run on sentences that are done. The model is put in eval mode (no dropout) and
     restored afterwards.
     """
+    _check_source(src, src_mask)
+    max_len = require_int(max_len, "max_len", at_least=1)
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
@@ -123,12 +132,20 @@ def beam_search(
     """
     if not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}.")
+    _check_source(src, src_mask)
+    alpha = require_number(alpha, "alpha", at_least=0.0)
+    if isinstance(max_len, torch.Tensor):
+        max_len = max_len.tolist()
+    if isinstance(max_len, Sequence):
+        max_len = [require_int(n, "each max_len", at_least=1) for n in max_len]
+    else:
+        max_len = require_int(max_len, "max_len", at_least=1)
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
     try:
         batch, k, device = src.shape[0], beam_size, src.device
-        limits = [max_len] * batch if isinstance(max_len, int) else [int(n) for n in max_len]
+        limits = [max_len] * batch if isinstance(max_len, int) else max_len
         if len(limits) != batch:
             raise ValueError(f"max_len has {len(limits)} limits for a batch of {batch} sentences.")
         rows = torch.arange(batch, device=device)

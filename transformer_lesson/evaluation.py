@@ -27,6 +27,14 @@ from sacrebleu.metrics.bleu import BLEUScore
 
 from .batching import pad_sequences
 from .decoding import Uncached, beam_search, greedy_decode
+from .validation import (
+    require_device,
+    require_int,
+    require_number,
+    require_pairs,
+    require_same_vocab,
+    require_text_list,
+)
 
 DEFAULT_MAX_SRC_LEN = 128
 
@@ -57,8 +65,14 @@ def translate(
     lengths at it. Characters the tokenizer never saw are spelled as bytes, so any text can be encoded.
     """
     single = isinstance(sentences, str)
-    texts = [sentences] if single else list(sentences)
-    device = torch.device(device)
+    texts = [sentences] if single else require_text_list(sentences, "translate's sentences")
+    device = require_device(device)
+    batch_size = require_int(batch_size, "batch_size", at_least=1)
+    beam_size = require_int(beam_size, "beam_size", at_least=1)
+    max_src_len = require_int(max_src_len, "max_src_len", at_least=1)
+    max_len = None if max_len is None else require_int(max_len, "max_len", at_least=1)
+    alpha = require_number(alpha, "alpha", at_least=0.0)
+    require_same_vocab(model, tokenizer)
     if not cache:
         if not hasattr(model, "decode"):
             raise ValueError(f"cache=False needs a model with encode() and decode() (the Transformer); "
@@ -93,16 +107,19 @@ def translate(
     return results[0] if single else results
 
 
-def _check_parallel(hypotheses: Sequence[str], references: Sequence[str]) -> None:
-    if isinstance(hypotheses, str) or isinstance(references, str):
-        raise TypeError("Pass lists of sentences, not single strings.")
+def _check_parallel(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Both as lists of strings, one reference per hypothesis (at least one of each)."""
+    hypotheses = require_text_list(hypotheses, "hypotheses", allow_empty=False)
+    references = require_text_list(references, "references", allow_empty=False)
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references.")
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references: give one reference "
+                         f"per hypothesis, in the same order.")
+    return hypotheses, references
 
 
 def _score(metric: BLEU, hypotheses: Sequence[str], references: Sequence[str]) -> BLEUScore:
-    _check_parallel(hypotheses, references)
-    score = metric.corpus_score(list(hypotheses), [list(references)])
+    hypotheses, references = _check_parallel(hypotheses, references)
+    score = metric.corpus_score(hypotheses, [references])
     score.signature = str(metric.get_signature())  # e.g. nrefs:1|case:mixed|eff:no|tok:13a|...
     return score
 
@@ -151,7 +168,8 @@ def bleu_by_length(
     Shows where a model breaks down: an encoder that squeezes the source into one vector does
     worse the longer the source is. Empty buckets get ``count=0`` and BLEU ``nan``.
     """
-    _check_parallel(hypotheses, references)
+    hypotheses, references = _check_parallel(hypotheses, references)
+    sources = require_text_list(sources, "sources")
     if len(sources) != len(hypotheses):
         raise ValueError(f"{len(sources)} sources but {len(hypotheses)} hypotheses.")
     results = []
@@ -184,13 +202,7 @@ class BleuReport:
 def evaluate_bleu(model, tokenizer, pairs: Sequence[tuple[str, str]], device: torch.device | str,
                   batch_size: int = 64, max_len: int | None = None) -> BleuReport:
     """Translate ``pairs``' sources greedily and score them against their targets."""
-    if isinstance(pairs, str):
-        raise TypeError("evaluate_bleu takes a list of (source, reference) pairs, got one string.")
-    pairs = list(pairs)
-    for number, pair in enumerate(pairs):
-        if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise TypeError(f"evaluate_bleu takes (source, reference) pairs of strings, as load_multi30k returns; "
-                            f"item {number} is {pair!r:.80}.")
+    pairs = require_pairs(pairs, "evaluate_bleu's pairs")
     sources = [p[0] for p in pairs]
     references = [p[1] for p in pairs]
     hypotheses = translate(model, tokenizer, sources, device, max_len=max_len, batch_size=batch_size)

@@ -13,6 +13,15 @@ The projections are the same size as for one big head, so splitting costs no par
 The weights are laid out like :class:`torch.nn.MultiheadAttention`'s (one ``in_proj`` holding
 W_q, W_k, W_v stacked, then ``out_proj``), so :meth:`MultiHeadAttention.load_from_torch` copies
 them over unchanged. Masks follow the course convention (True = may attend).
+
+The mask contract (one rule for :meth:`MultiHeadAttention.forward`, :meth:`~MultiHeadAttention.attend`
+and :func:`attention_heads_loop`): a 2-D mask is **(T_q, T_k), shared by every sentence** (a causal
+mask); one mask per sentence carries the batch first, (B, T_q, T_k) or (B, 1 or n_heads, T_q, T_k),
+such as ``padding_mask(real)`` (B, 1, 1, T_k). A raw (B, T_k) real-token mask (``Batch.src_mask``)
+is not a mask of this kind: when B differs from T_q it cannot broadcast and the error says to
+use ``padding_mask``; when B equals T_q the two readings have the same shape, so a 2-D mask whose
+rows look like real-token masks (True then False) and differ from one another is refused as
+ambiguous, unless it is the causal mask itself (read as (T_q, T_k), as every 2-D mask is).
 """
 
 from __future__ import annotations
@@ -21,11 +30,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import scaled_dot_product_attention
+from .attention import causal_mask, scaled_dot_product_attention
+from .validation import require_int, require_tensor
+
+
+def heads_mask(mask: torch.Tensor | None, batch: int, n_queries: int, n_keys: int) -> torch.Tensor | None:
+    """A multi-head attention mask checked against the contract above; (B, T_q, T_k) gains a heads dimension.
+
+    Returns None, a 2-D (T_q, T_k) mask, or a 4-D (B or 1, 1 or n_heads, T_q or 1, T_k) one.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        return mask  # scaled_dot_product_attention says what a mask must be
+    if mask.dim() == 3:  # (B, T_q, T_k): one mask per sentence
+        return mask.unsqueeze(1)  # (B, 1, T_q, T_k), the same for every head
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, n_keys) or batch == 1:
+        return mask
+    fix = ("for one mask per sentence pass padding_mask(real) (B, 1, 1, T_k); for one (T_q, T_k) mask shared "
+           "by every sentence, mask[None] (1, T_q, T_k)")
+    if batch != n_queries:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} looks like a (batch, keys) real-token mask, but a 2-D "
+                         f"mask is (T_q={n_queries}, T_k={n_keys}): {fix}.")
+    rows_differ = not bool((mask == mask[:1]).all())
+    right_padded = bool((mask[:, :1] & (mask[:, :-1] >= mask[:, 1:]).all(dim=1, keepdim=True)).all())
+    if rows_differ and right_padded and not torch.equal(mask, causal_mask(n_queries, n_keys, device=mask.device)):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} is ambiguous: with batch = T_q = {batch} it could be a "
+                         f"(batch, keys) real-token mask or a (T_q, T_k) mask, and it looks like the first. A 2-D "
+                         f"mask is read as (T_q, T_k): {fix}.")
+    return mask
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, T, d_model) -> (B, n_heads, T, d_head): head h gets features h*d_head:(h+1)*d_head."""
+    require_tensor(x, "split_heads' x", ndim=3, layout="(batch, time, d_model)")
+    n_heads = require_int(n_heads, "n_heads", at_least=1)
     batch, time, d_model = x.shape
     if d_model % n_heads != 0:
         raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}.")
@@ -34,6 +73,7 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, n_heads, T, d_head) -> (B, T, n_heads * d_head): the inverse of :func:`split_heads`."""
+    require_tensor(x, "merge_heads' x", ndim=4, layout="(batch, n_heads, time, d_head)")
     batch, n_heads, time, d_head = x.shape
     return x.transpose(1, 2).reshape(batch, time, n_heads * d_head)
 
@@ -121,6 +161,7 @@ class MultiHeadAttention(nn.Module):
         self._check_queries(queries_in)
         expected = (queries_in.shape[0], self.n_heads, None, self.d_head)
         for name, t in (("keys", keys), ("values", values)):
+            require_tensor(t, name)
             if t.dim() != 4 or any(e is not None and s != e for s, e in zip(t.shape, expected, strict=True)):
                 raise ValueError(
                     f"{name} has shape {tuple(t.shape)}, but (batch={expected[0]}, "
@@ -132,8 +173,7 @@ class MultiHeadAttention(nn.Module):
 
     def _attend_heads(self, queries, keys, values, mask, need_weights, is_causal):
         """Attention in every head, (B, nh, T, dh) each, then merge and output projection."""
-        if mask is not None and mask.dim() == 3:  # (B, T_q, T_k): one mask per sentence
-            mask = mask.unsqueeze(1)  # (B, 1, T_q, T_k), the same for every head
+        mask = heads_mask(mask, queries.shape[0], queries.shape[2], keys.shape[2])
         heads, weights = scaled_dot_product_attention(
             queries, keys, values, mask,
             fast=self.fast and not need_weights,
@@ -176,7 +216,14 @@ class MultiHeadAttention(nn.Module):
         queries, keys, values = (split_heads(t, self.n_heads) for t in self.project(queries_in, keys_in, values_in))
         return self._attend_heads(queries, keys, values, mask, need_weights, is_causal)
 
+    def _weights_dtype_device(self) -> dict:
+        """The dtype and device an input must have: the weights' (any floating dtype under autocast)."""
+        weight = self.in_proj.weight
+        autocast = torch.is_autocast_enabled(weight.device.type)
+        return {"dtype": None if autocast else weight.dtype, "device": weight.device}
+
     def _check_queries(self, queries_in) -> None:
+        require_tensor(queries_in, "queries_in", floating=True, **self._weights_dtype_device())
         if queries_in.dim() != 3 or queries_in.shape[-1] != self.d_model:
             raise ValueError(
                 f"queries_in has shape {tuple(queries_in.shape)}, but (batch, time, "
@@ -184,7 +231,9 @@ class MultiHeadAttention(nn.Module):
             )
 
     def _check_inputs(self, queries_in, keys_in, values_in) -> None:
+        expected = self._weights_dtype_device()
         for name, x in (("queries_in", queries_in), ("keys_in", keys_in), ("values_in", values_in)):
+            require_tensor(x, name, floating=True, **expected)
             if x.dim() != 3 or x.shape[-1] != self.d_model:
                 raise ValueError(
                     f"{name} has shape {tuple(x.shape)}, but (batch, time, d_model={self.d_model}) "
@@ -251,6 +300,7 @@ def attention_heads_loop(
     slice of W_q, W_k, W_v and runs its own attention, in a Python loop.
     Shapes: (B, T_q, d_model), (B, T_k, d_model) x 2 -> (B, T_q, d_model).
     """
+    mask = heads_mask(mask, queries_in.shape[0], queries_in.shape[1], keys_in.shape[1])
     if mask is not None and mask.dim() == 4:
         if mask.shape[1] != 1:
             raise ValueError("attention_heads_loop needs a mask that is the same for every head.")

@@ -67,7 +67,14 @@ def checkpoint_dir() -> Path:
     """
     override = os.environ.get(CHECKPOINT_ENV)
     folder = Path(override) if override else Path(__file__).resolve().parent.parent / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{CHECKPOINT_ENV}={folder} names a file, not a folder: point it at a folder "
+                                 f"(it is created if missing), or unset it to use checkpoints/.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"Cannot create the checkpoint folder {folder} ({error.strerror}): set {CHECKPOINT_ENV} "
+                      f"to a folder you can write to.") from None
     return folder
 
 
@@ -80,35 +87,43 @@ def get_device(require: str | None = None) -> torch.device:
     ``torchrun`` a plain CUDA choice becomes ``cuda:LOCAL_RANK``, one GPU per process.
     """
     wanted = (require or os.environ.get(DEVICE_ENV) or "").strip().lower() or None
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        "cpu": True,
-    }
     if wanted is not None:
-        kind = wanted.split(":")[0]
-        if kind not in available:
-            raise DeviceError(f"Unknown device {wanted!r}: use 'cuda', 'mps' or 'cpu'.")
-        if not available[kind]:
-            hint = (
-                " On Colab: Runtime > Change runtime type > a GPU, then run the setup cell again."
-                if kind == "cuda"
-                else ""
-            )
-            raise DeviceError(
-                f"A {kind.upper()} device was asked for, but this machine has none "
-                f"(torch {torch.__version__}, {platform.machine()}).{hint} "
-                f"To run on the CPU anyway (slowly, or in quick mode with {QUICK_ENV}=1), "
-                f"ask for 'cpu'."
-            )
-        device = torch.device(wanted)
-        if kind == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"{wanted!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s).")
-        return _this_process_gpu(device)
+        try:
+            device = torch.device(wanted)
+        except RuntimeError:
+            raise DeviceError(f"Unknown device {wanted!r}: use 'cuda', 'mps' or 'cpu'.") from None
+        return _this_process_gpu(check_device_available(device))
     for kind in ("cuda", "mps"):
-        if available[kind]:
+        if _available(kind):
             return _this_process_gpu(torch.device(kind))
     return torch.device("cpu")
+
+
+def _available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return kind == "cpu"
+
+
+def check_device_available(device: torch.device) -> torch.device:
+    """``device`` if this machine has it; else :class:`DeviceError` saying what to do instead."""
+    kind = device.type
+    if kind not in ("cuda", "mps", "cpu"):
+        raise DeviceError(f"Unknown device {str(device)!r}: use 'cuda', 'mps' or 'cpu'.")
+    if not _available(kind):
+        hint = (" On Colab: Runtime > Change runtime type > a GPU, then run the setup cell again."
+                if kind == "cuda" else "")
+        raise DeviceError(
+            f"A {kind.upper()} device was asked for, but this machine has none "
+            f"(torch {torch.__version__}, {platform.machine()}).{hint} "
+            f"To run on the CPU anyway (slowly, or in quick mode with {QUICK_ENV}=1), "
+            f"ask for 'cpu'."
+        )
+    if kind == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"{str(device)!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s).")
+    return device
 
 
 def _this_process_gpu(device: torch.device) -> torch.device:
@@ -197,7 +212,7 @@ def amp_settings(device: torch.device | str) -> AmpSettings:
     True on a T4 because bfloat16 can be *emulated* there, slowly.
     On CPU and MPS autocast stays off: it rarely speeds up these small models there.
     """
-    device = torch.device(device)
+    device = check_device_available(torch.device(device))
     if device.type != "cuda":
         return AmpSettings(dtype=None, use_grad_scaler=False)
     major, _ = torch.cuda.get_device_capability(device)
@@ -212,6 +227,9 @@ def seed_everything(seed: int) -> None:
     On a CPU that makes results identical from run to run. On a GPU some kernels are not
     deterministic, so numbers can differ in the last digits.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a whole number in 0 .. 2**32 - 1 (NumPy's range), got {seed!r}.")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

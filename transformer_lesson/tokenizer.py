@@ -16,29 +16,47 @@ from __future__ import annotations
 
 import hashlib
 import io
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
+import torch
+
+from .validation import describe, require_file, require_int, require_text, require_text_list, require_token_ids
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CACHE_ENV = "TL_CACHE_DIR"
+MODEL_TYPES = ("bpe", "unigram", "char", "word")
 
 
 def cache_dir() -> Path:
     """Where trained tokenizers are kept: ``$TL_CACHE_DIR`` or ``~/.cache/transformer-lesson``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transformer-lesson")
+    folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "transformer-lesson")
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{CACHE_ENV}={folder} names a file, not a folder: point it at a folder "
+                                 f"(it is created if missing), or unset it to use ~/.cache/transformer-lesson.")
+    return folder
 
 
 class Tokenizer:
     """A trained SentencePiece model with the course's special-token conventions."""
 
     def __init__(self, model_proto: bytes):
+        if not isinstance(model_proto, bytes):
+            raise TypeError(f"Tokenizer takes the model's bytes, got {describe(model_proto)}: to read a file use "
+                            f"Tokenizer.load(path); to train one, train_tokenizer(texts, vocab_size).")
         self._sp = spm.SentencePieceProcessor()
-        self._sp.LoadFromSerializedProto(model_proto)
+        try:
+            self._sp.LoadFromSerializedProto(model_proto)
+        except RuntimeError:
+            raise ValueError(f"These {len(model_proto)} bytes are not a SentencePiece model (a truncated or "
+                             f"damaged file, or another kind of file): train the tokenizer again with "
+                             f"train_tokenizer, or copy the .model file again.") from None
         self._proto = model_proto
         ids = (self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id(), self._sp.unk_id())
         if ids != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):
@@ -62,7 +80,7 @@ class Tokenizer:
         """Token ids of ``text``, optionally framed by ``<bos>``/``<eos>``."""
         if not isinstance(text, str):
             hint = ": use encode_batch for a list of sentences" if isinstance(text, list | tuple) else ""
-            raise TypeError(f"encode takes one string, got a {type(text).__name__}{hint}.")
+            raise TypeError(f"encode takes one string, got {describe(text)}{hint}.")
         ids = self._sp.encode(text, out_type=int)
         return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
 
@@ -71,25 +89,23 @@ class Tokenizer:
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of sentences, got one string (it would encode each of its "
                             "characters as a sentence): use encode for one sentence, or pass [text].")
-        texts = list(texts)
-        for number, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"encode_batch: item {number} is a {type(text).__name__}, not a string.")
+        texts = require_text_list(texts, "encode_batch's texts")
         batch = self._sp.encode(texts, out_type=int)
         return [([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else []) for ids in batch]
 
     def pieces(self, text: str) -> list[str]:
         """The subword strings of ``text``; ``▁`` marks the start of a word."""
-        return self._sp.encode(text, out_type=str)
+        return self._sp.encode(require_text(text, "pieces' text"), out_type=str)
 
     def id_to_piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(int(token_id))
+        token_id = require_int(token_id, "token_id")
+        require_token_ids([token_id], "id_to_piece's token_id", self.vocab_size)
+        return self._sp.id_to_piece(token_id)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``: stops at the first ``<eos>`` and drops ``<pad>`` and ``<bos>``."""
         kept = []
-        for token_id in ids:
-            token_id = int(token_id)
+        for token_id in require_token_ids(ids, "decode's ids", self.vocab_size):
             if token_id == EOS_ID:
                 break
             if token_id in (PAD_ID, BOS_ID):
@@ -98,7 +114,16 @@ class Tokenizer:
         return self._sp.decode(kept)
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
-        return [self.decode(ids) for ids in batch]
+        """Texts of a batch of id sequences: a list of lists, or a (B, T) tensor (rows padded with ``<pad>``)."""
+        if isinstance(batch, torch.Tensor | np.ndarray) and batch.ndim != 2:
+            raise TypeError(f"decode_batch takes a (batch, time) tensor or a list of id lists, got {describe(batch)}"
+                            + (": for one sentence use decode." if batch.ndim == 1 else "."))
+        if isinstance(batch, str | bytes) or not isinstance(batch, Iterable):
+            raise TypeError(f"decode_batch takes a list of id lists, got {describe(batch)}.")
+        rows = list(batch)
+        if rows and all(isinstance(row, numbers.Integral) for row in rows):
+            raise TypeError("decode_batch takes a list of id lists, got one list of ids: use decode for one sentence.")
+        return [self.decode(ids) for ids in rows]
 
     @property
     def model_proto(self) -> bytes:
@@ -110,7 +135,13 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        return cls(Path(path).read_bytes())
+        path = require_file(path, "path", what="tokenizer model file",
+                            advice="train one with train_tokenizer and save it with tokenizer.save(path)")
+        try:
+            return cls(path.read_bytes())
+        except ValueError:
+            raise ValueError(f"{path} is not a SentencePiece model (truncated, damaged, or another kind of "
+                             f"file): delete it and train the tokenizer again.") from None
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
@@ -125,12 +156,17 @@ def train_tokenizer(
     """Train (or load from the cache) a SentencePiece tokenizer on ``texts``.
 
     ``vocab_size`` counts everything: the 4 special tokens, 256 byte tokens, and the learned
-    subwords, so it must be well above 260.
+    subwords, so it must be well above 260; and the texts must hold enough distinct subwords to
+    fill it. ``texts`` may be any iterable of strings (a generator too).
     """
+    vocab_size = require_int(vocab_size, "vocab_size")
     if vocab_size <= len(SPECIAL_TOKENS) + 256:
         raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed 260 (specials + bytes).")
-    if not texts:
-        raise ValueError("Cannot train a tokenizer on no text.")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type={model_type!r} is not a SentencePiece model type: use one of {MODEL_TYPES}.")
+    texts = require_text_list(texts, "train_tokenizer's texts")
+    if not any(text.strip() for text in texts):
+        raise ValueError("Cannot train a tokenizer on no text: texts is empty or holds only blank strings.")
     settings = dict(
         vocab_size=vocab_size,
         model_type=model_type,
@@ -162,7 +198,14 @@ def train_tokenizer(
             warnings.warn(f"Ignoring the unreadable cached tokenizer {path} ({error}); training a new one.",
                           stacklevel=2)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, **settings)
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, **settings)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        if "vocabulary size" in reason.lower():
+            raise ValueError(f"vocab_size={vocab_size} is more than these {len(texts)} texts can fill "
+                             f"(SentencePiece: {reason}): lower vocab_size or train on more text.") from None
+        raise ValueError(f"SentencePiece could not train on these texts ({reason}).") from None
     tokenizer = Tokenizer(model.getvalue())
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)

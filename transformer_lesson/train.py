@@ -236,7 +236,11 @@ def train(config: TrainConfig, out: str | Path,
     started = time.perf_counter()
     device = get_device(config.device)
     if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(f"--out {out}: cannot create this folder ({error.strerror}); give a folder you can "
+                           f"write to (it is created if missing).") from None
         _check_same_run(out, config)
         _write_json(out / "config.json", dataclasses.asdict(config))
     wait_for_every_process()

@@ -36,6 +36,7 @@ from .runtime import (
     unwrap,
     wait_for_every_process,
 )
+from .validation import require_device, require_int
 
 __all__ = ["History", "Trainer", "seq2seq_loss", "sequence_loss"]
 
@@ -56,6 +57,12 @@ def sequence_loss(
     if logits.shape[:2] != targets.shape or targets.shape != mask.shape:
         raise ValueError(f"logits {tuple(logits.shape)} should be (B, T, V) with targets and mask "
                          f"(B, T); got targets {tuple(targets.shape)}, mask {tuple(mask.shape)}.")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be token ids (torch.long), got {targets.dtype}.")
+    if targets.device.type == "cpu" and targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < \
+            logits.shape[-1]:  # on a GPU this check would wait for the device at every step
+        raise ValueError(f"targets hold ids outside 0 .. {logits.shape[-1] - 1}, the model's {logits.shape[-1]} "
+                         f"outputs: the tokenizer and the model's vocab size disagree.")
     losses = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         targets.reshape(-1),
@@ -182,7 +189,10 @@ class Trainer:
         tokenizer: Any = None,
         progress: bool = True,
     ):
-        self.device = torch.device(device)
+        self.device = require_device(device)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, such as torch.optim.Adam(model.parameters()); "
+                            f"got {type(optimizer).__name__}.")
         self.model = model.to(self.device)
         self.module = unwrap(self.model)
         self.optimizer = optimizer
@@ -290,6 +300,12 @@ class Trainer:
         """
         if epochs is None and max_steps is None:
             raise ValueError("Say how long to train: epochs=..., max_steps=..., or both.")
+        epochs, max_steps, eval_every = (None if value is None else require_int(value, name, at_least=least)
+                                         for value, name, least in ((epochs, "epochs", 0), (max_steps, "max_steps", 0),
+                                                                    (eval_every, "eval_every", 1)))
+        if not callable(make_batches):
+            raise TypeError(f"make_batches must be a function of the epoch, such as lambda epoch: "
+                            f"data.batches(4000, seed=epoch); got {type(make_batches).__name__}.")
 
         def finished() -> bool:
             return (max_steps is not None and self.step >= max_steps) or (

@@ -50,6 +50,8 @@ def read_lines(data: bytes) -> list[str]:
 
     Bytes that are not UTF-8 become U+FFFD (with a warning) rather than stopping the whole file.
     """
+    if not isinstance(data, bytes):
+        raise TypeError(f"read_lines takes the bytes of a file (path.read_bytes()), got {type(data).__name__}.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
