@@ -120,6 +120,7 @@ TOKENIZER_ERRORS = [
     ("missing model file", lambda c: Tokenizer.load(c.folder / "none.model"), FileNotFoundError,
      "No tokenizer model file.*train_tokenizer"),
     ("model file is a folder", lambda c: Tokenizer.load(c.folder), FileNotFoundError, "is a folder"),
+    ("save to a folder", lambda c: c.tok.save(c.folder), IsADirectoryError, "is a folder.*tokenizer.model"),
     ("train on a string", lambda c: train_tokenizer("Ein Hund.", 300, use_cache=False), TypeError,
      "one string.*wrap it"),
     ("train on None", lambda c: train_tokenizer(None, 300, use_cache=False), TypeError, "list of sentences"),

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .runtime import AmpSettings, rank_and_world_size, unwrap
-from .validation import require_file
+from .validation import require_file, require_output_path
 
 CHECKPOINT_FORMAT = "transformer-lesson-checkpoint"
 # 3: "model_config", the model's own config (no "model_class");
@@ -203,11 +203,7 @@ def save_checkpoint(
     used (recorded, so that a resume on another kind of GPU can say so). ``rng_states`` are the
     random states of every process, in rank order (by default this process's alone).
     """
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a file path (str or pathlib.Path), got {type(path).__name__}.")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder: give a file path for the checkpoint, such as {path}/model.pt.")
+    path = require_output_path(path, "path", what="checkpoint", usual_name="model.pt")
     if not isinstance(model, nn.Module):
         raise TypeError(f"save_checkpoint saves an nn.Module, got {type(model).__name__}.")
     model = unwrap(model)  # no "module." prefix in the saved names
@@ -411,11 +407,8 @@ def apply_checkpoint(payload: Mapping[str, Any], path: str | Path, model: nn.Mod
 
 
 def _check_same_optimizer(payload: Mapping[str, Any], path: str | Path, optimizer: Any) -> None:
-    """Refuse an optimizer state saved by another kind of optimizer (Adam's into SGD, say).
-
-    ``load_state_dict`` itself accepts it and the first step fails (SGD looks for its ``momentum``);
-    the settings each parameter group holds tell the kinds apart.
-    """
+    """Refuse another kind of optimizer's state (Adam's into SGD: ``load_state_dict`` takes it, and the
+    first step fails looking for ``momentum``); the class, or else the group settings, tell them apart."""
     saved_class = payload.get("optimizer_class")
     saved_groups = payload["optimizer"].get("param_groups") or [{}]
     saved_keys = set(saved_groups[0]) - {"params"}

@@ -26,7 +26,15 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from .validation import describe, require_file, require_int, require_text, require_text_list, require_token_ids
+from .validation import (
+    describe,
+    require_file,
+    require_int,
+    require_output_path,
+    require_text,
+    require_text_list,
+    require_token_ids,
+)
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -131,7 +139,7 @@ class Tokenizer:
         return self._proto
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self._proto)
+        require_output_path(path, "path", what="tokenizer model", usual_name="tokenizer.model").write_bytes(self._proto)
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

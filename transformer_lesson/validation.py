@@ -18,6 +18,7 @@ token ids for a model      :func:`~transformer_lesson.batching.check_token_ids` 
 a tensor                   :func:`require_tensor`
 a device                   :func:`require_device`
 an existing file           :func:`require_file`
+a file to write            :func:`require_output_path`
 a model and its tokenizer  :func:`require_same_vocab`
 =========================  ==================================================================
 """
@@ -231,6 +232,17 @@ def require_file(path: Any, name: str, *, what: str = "file", error: type[Except
         raise error(f"{path} is a folder, not a {what}: point to the {what} inside it{inside}.")
     if not path.is_file():
         raise error(f"No {what} at {path}: {advice}.")
+    return path
+
+
+def require_output_path(path: Any, name: str, *, what: str = "file", usual_name: str | None = None) -> Path:
+    """``path`` as a Path to write a file to: a str or Path that is not a folder."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name} must be a file path (str or pathlib.Path), got {describe(path)}.")
+    path = Path(path)
+    if path.is_dir():
+        inside = f", such as {path / usual_name}" if usual_name else ""
+        raise IsADirectoryError(f"{path} is a folder: give a file path for the {what}{inside}.")
     return path
 
 
