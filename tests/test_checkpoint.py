@@ -125,3 +125,27 @@ def test_a_flipped_byte_inside_a_weight_is_refused(tmp_path):
     load_checkpoint(tmp_path / "ok.pt", nn.Linear(4, 3))
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(tmp_path / "damaged.pt", nn.Linear(4, 3))
+
+
+def test_a_checkpoint_holds_only_what_older_weights_only_loaders_accept(tmp_path):
+    """No pickled ``bytes`` (torch < 2.5's weights-only loader refuses them): the tokenizer is a uint8
+    tensor, and it comes back as the same tokenizer."""
+    from transformer_lesson.checkpoint import tokenizer_of
+    from transformer_lesson.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([f"Ein Hund läuft {i} Mal über die Wiese." for i in range(200)], 300, use_cache=False)
+    save_checkpoint(tmp_path / "c.pt", nn.Linear(4, 3), tokenizer=tokenizer)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+
+    def walk(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                yield from walk(item)
+        else:
+            yield value
+
+    assert not [v for v in walk(payload) if isinstance(v, bytes | bytearray)]
+    assert tokenizer_of(payload, tmp_path / "c.pt").model_proto == tokenizer.model_proto

@@ -54,6 +54,10 @@ class CheckpointError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _bytes_to_tensor(data: bytes | None) -> torch.Tensor | None:
+    return None if data is None else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
 def get_rng_state() -> dict[str, Any]:
     """The states of Python's, NumPy's and PyTorch's generators, in a form ``torch.load`` accepts safely."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -223,8 +227,9 @@ def save_checkpoint(
         "rng": rng_states if rng_states is not None else [get_rng_state()],
         "config": plain_config(config),
         "tokenizer_fingerprint": _fingerprint(tokenizer),
-        # The tokenizer itself (a few hundred kB), so that the file alone can translate.
-        "tokenizer_model": getattr(tokenizer, "model_proto", None),
+        # The tokenizer itself (a few hundred kB), so that the file alone can translate; as a uint8
+        # tensor, not bytes: torch < 2.5's weights-only loader refuses pickled bytes (_codecs.encode).
+        "tokenizer_model": _bytes_to_tensor(getattr(tokenizer, "model_proto", None)),
         "history": to_plain(dict(history)) if history is not None else None,
         "amp_dtype": precision_name(amp),
         "skipped_steps": skipped_steps,
@@ -442,6 +447,8 @@ def tokenizer_of(payload: Mapping[str, Any], path: str | Path):
     from .tokenizer import Tokenizer
 
     proto = payload.get("tokenizer_model")
+    if isinstance(proto, torch.Tensor) and proto.dtype == torch.uint8 and proto.dim() == 1:
+        proto = proto.cpu().numpy().tobytes()  # format 3 stored the bytes themselves: both load
     if not isinstance(proto, bytes) or not proto:
         raise CheckpointError(
             f"The checkpoint {path} holds no tokenizer (it was saved without one, or with only its "
