@@ -109,6 +109,7 @@ from nbclient import NotebookClient
 PROBE = '''import json, sys
 import ipywidgets, torch, transformer_lesson
 from transformer_lesson.data import data_dir
+from transformer_lesson.runtime import checkpoint_dir
 # a lesson's explorer (plotting.explore): choosing another query in its menu must redraw its image
 shown = list((getattr(ipywidgets.widgets.widget, "_instances", None) or ipywidgets.Widget.widgets).values())
 menus, images = ([w for w in shown if isinstance(w, kind)] for kind in (ipywidgets.Dropdown, ipywidgets.Image))
@@ -118,7 +119,7 @@ if menus and images:
     menu.value = next(value for _, value in menu.options if value != menu.value)
     redrawn = images[-1].value != before
 print(json.dumps({"python": sys.executable, "package": transformer_lesson.__file__, "data": str(data_dir()),
-                  "ipywidgets": ipywidgets.__version__, "torch": torch.__version__, "redrawn": redrawn}))'''
+                  "checkpoints": str(checkpoint_dir()), "ipywidgets": ipywidgets.__version__, "torch": torch.__version__, "redrawn": redrawn}))'''
 for path in sys.argv[1:]:
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
@@ -166,7 +167,7 @@ def test_the_wheel_runs_lessons_in_a_fresh_environment_outside_the_checkout(tmp_
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("TL_", "PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
     env.update(TL_QUICK="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1", PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}",
-               TL_CHECKPOINT_DIR=str(tmp_path / "checkpoints"), TL_CACHE_DIR=str(tmp_path / "cache"),
+               TL_CACHE_DIR=str(tmp_path / "cache"),
                JUPYTER_DATA_DIR=str(tmp_path / "jupyter"))  # no kernel of another environment is found
     (work / "run.py").write_text(RUNNER)
     out = run([python, "run.py", *[ROOT / "notebooks" / lesson for lesson in LESSONS]], cwd=work, env=env,
@@ -177,6 +178,7 @@ def test_the_wheel_runs_lessons_in_a_fresh_environment_outside_the_checkout(tmp_
         assert Path(probe["python"]).parent == venv / "bin"
         assert Path(probe["package"]).is_relative_to(venv), "the kernel imported the checkout, not the wheel"
         assert Path(probe["data"]) == Path(probe["package"]).parent / "_data"
+        assert Path(probe["checkpoints"]) == work / "checkpoints", "installed: checkpoints/ in the current folder"
         assert probe["ipywidgets"] == IPYWIDGETS.split("==")[1] and probe["torch"].startswith("2.13.0")
     assert [probe["redrawn"] for probe in probes] == [None, True], "lesson 04's explorer did not redraw"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -61,12 +61,19 @@ def pick(*, full: T, quick: T) -> T:
 def checkpoint_dir() -> Path:
     """Where lessons keep checkpoints and result files: ``$TL_CHECKPOINT_DIR`` or ``checkpoints/``.
 
-    The default is the repository's ``checkpoints/`` folder (git ignores it), so a notebook that is
-    run again resumes from its checkpoint. ``make test`` points the variable at a fresh temporary
-    folder, so every test run trains from scratch.
+    The default is the repository's ``checkpoints/`` folder (git ignores it) in a checkout, and
+    ``checkpoints/`` in the current folder when the course is installed as a package, so a notebook
+    that is run again resumes from its checkpoint. ``make test`` points the variable at a fresh
+    temporary folder, so every test run trains from scratch.
     """
     override = os.environ.get(CHECKPOINT_ENV)
-    folder = Path(override) if override else Path(__file__).resolve().parent.parent / "checkpoints"
+    checkout = Path(__file__).resolve().parent.parent
+    if override:
+        folder = Path(override).expanduser()
+    elif (checkout / "pyproject.toml").is_file():
+        folder = checkout / "checkpoints"
+    else:  # installed: never inside site-packages
+        folder = Path.cwd() / "checkpoints"
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{CHECKPOINT_ENV}={folder} names a file, not a folder: point it at a folder "
                                  f"(it is created if missing), or unset it to use checkpoints/.")
