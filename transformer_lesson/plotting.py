@@ -9,7 +9,7 @@ labelled axes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -209,3 +209,61 @@ def plot_bleu_by_length(results: Mapping[str, Sequence], title: str = "BLEU by s
     ax.set(title=title, xlabel="source length (words)", ylabel=ylabel)
     ax.legend()
     return ax
+
+
+def explore(draw: Callable[..., object], **controls):
+    """Show ``controls`` (ipywidgets) above the figure ``draw(**values)`` makes; changing one redraws it.
+
+    ``draw`` takes one keyword per control and draws one figure with pyplot (it may return it) without
+    showing it. The figure is an image widget whose PNG the kernel replaces on every change. Unlike
+    ``ipywidgets.interact``, nothing is captured into an ``Output`` widget: a client without a browser
+    (nbclient, nbconvert, nbgrader) then has no output widget to imitate and sends the kernel nothing
+    while a cell runs, which is where headless runs of ``interact`` cells hang (jupyter/nbclient#312,
+    jupyter/nbconvert#1921). A control without a description gets its keyword's name. If ``draw`` raises
+    after a change, its error is shown under the controls and the last figure stays (the first drawing
+    raises as usual). Displays a ``VBox`` of the controls, that error line and the image; returns nothing,
+    so that it is not displayed twice.
+    """
+    import io
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    if not callable(draw):
+        raise TypeError(f"explore(draw, ...) needs a function that draws a figure, got {draw!r}.")
+    if not controls:
+        raise ValueError("explore needs at least one control, e.g. explore(draw, n=ipywidgets.IntSlider(3, 1, 10)).")
+    for name, control in controls.items():
+        if not isinstance(control, widgets.ValueWidget):
+            raise TypeError(f"control {name}={control!r} has no value to pass to draw: give an ipywidgets "
+                            f"control, e.g. {name}=ipywidgets.IntSlider(...) or ipywidgets.Dropdown(...).")
+        if not control.description:
+            control.description = name
+
+    def render() -> bytes:
+        before = set(plt.get_fignums())
+        try:
+            with plt.ioff():
+                figure = draw(**{name: control.value for name, control in controls.items()})
+                if not isinstance(figure, plt.Figure):
+                    figure = plt.gcf()
+                png = io.BytesIO()
+                figure.savefig(png, format="png", bbox_inches="tight")
+                return png.getvalue()
+        finally:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+
+    image, error = widgets.Image(value=render(), format="png"), widgets.Label()
+
+    def redraw(_change) -> None:
+        try:
+            image.value = render()
+            error.value = ""
+        except Exception as problem:  # shown beside the controls: a callback's exception is seen nowhere else
+            error.value = f"{type(problem).__name__}: {problem}"
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    display(widgets.VBox([*controls.values(), error, image]))
