@@ -119,7 +119,8 @@ if menus and images:
     menu.value = next(value for _, value in menu.options if value != menu.value)
     redrawn = images[-1].value != before
 print(json.dumps({"python": sys.executable, "package": transformer_lesson.__file__, "data": str(data_dir()),
-                  "checkpoints": str(checkpoint_dir()), "ipywidgets": ipywidgets.__version__, "torch": torch.__version__, "redrawn": redrawn}))'''
+                  "checkpoints": str(checkpoint_dir()), "ipywidgets": ipywidgets.__version__,
+                  "torch": torch.__version__, "redrawn": redrawn}))'''
 for path in sys.argv[1:]:
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
