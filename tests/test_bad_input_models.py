@@ -388,6 +388,7 @@ def test_robustness_table_counts_the_test_tables():
         "runtime, training and environment variables": (len(RUNTIME_ERRORS) + len(CUDA_ERRORS),
                                                         len(RUNTIME_HANDLED)),
         "command line": (len(CLI_ERRORS), 0),
+        "exercise tools": (len(text.EXERCISE_ERRORS), 0),
     }
     rows = {}
     for line in (Path(__file__).parents[1] / "docs" / "robustness.md").read_text().splitlines():

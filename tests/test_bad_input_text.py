@@ -10,6 +10,7 @@ untrained model serve the whole module (no training; the tokenizer trains in wel
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import types
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from transformer_lesson import data
+from transformer_lesson import data, exercises
 from transformer_lesson.batching import TranslationData, make_batch, pad_sequences, token_budget_batches
 from transformer_lesson.data import CorpusError
 from transformer_lesson.decoding import beam_search, greedy_decode
@@ -266,7 +267,59 @@ def _warns(call):
         return call()
 
 
-ERRORS = DATA_ERRORS + TOKENIZER_ERRORS + TRANSLATE_ERRORS + BATCH_DECODE_ERRORS
+# -- exercise tools (the instructor's `python -m transformer_lesson.exercises`) --------------------
+
+def _notebooks(c, name, content: bytes):
+    """A folder holding one good notebook and one file `name` with `content`."""
+    import nbformat
+
+    folder = c.folder / f"nb-{name}"
+    folder.mkdir(exist_ok=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), folder / "00_good.ipynb")
+    (folder / name).write_bytes(content)
+    return folder
+
+
+_NOTEBOOK = b'{"cells": [{"cell_type": "code", "metadata": {}, "source": "1 + 1", "outputs": [], "execution_cou'
+_UNCLOSED = json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{
+    "cell_type": "code", "id": "a", "source": "### BEGIN SOLUTION\nx = 1", "outputs": [], "execution_count": None,
+    "metadata": {"nbgrader": {"grade": False, "solution": True, "locked": False, "task": False, "grade_id": "a",
+                              "schema_version": 3}}}]}).encode()
+EXERCISE_ERRORS = [
+    ("student: truncated notebook", lambda c: exercises.build_student_notebooks(
+        _notebooks(c, "01_cut.ipynb", _NOTEBOOK), c.folder / "out1"), exercises.ExerciseError,
+     "01_cut.ipynb is not a readable notebook.*truncated.*Restore"),
+    ("validate: an HTML page saved as a notebook", lambda c: exercises.read_notebook(
+        _notebooks(c, "02_html.ipynb", b"<!DOCTYPE html><html>Not Found</html>") / "02_html.ipynb"),
+     exercises.ExerciseError, "not a readable notebook.*Restore"),
+    ("course: JSON that is not a notebook", lambda c: exercises.make_course(
+        c.folder / "course", _notebooks(c, "03_json.ipynb", b'{"a": 1}')), exercises.ExerciseError,
+     "03_json.ipynb is not a readable notebook"),
+    ("empty notebook file", lambda c: exercises.read_notebook(_notebooks(c, "04_empty.ipynb", b"") / "04_empty.ipynb"),
+     exercises.ExerciseError, "not a readable notebook"),
+    ("invalid UTF-8", lambda c: exercises.read_notebook(
+        _notebooks(c, "05_bytes.ipynb", b"\xff\xfe\x00garbage") / "05_bytes.ipynb"),
+     exercises.ExerciseError, "not a readable notebook"),
+    ("a folder without notebooks", lambda c: exercises.build_student_notebooks(c.folder / "nowhere", c.folder / "o"),
+     exercises.ExerciseError, "No notebooks in"),
+    ("a solution region never closed", lambda c: exercises.build_student_notebooks(
+        _notebooks(c, "06_open.ipynb", _UNCLOSED), c.folder / "out6"), exercises.ExerciseError,
+     "never closed by '### END SOLUTION'"),
+    ("an assignment name with a space", lambda c: exercises.make_course(c.folder / "course2", c.folder, "lesson 1"),
+     exercises.ExerciseError, "Assignment name.*letters, digits"),
+]
+
+
+def test_the_exercise_commands_report_a_damaged_notebook_in_one_line(c, capsys):
+    folder = _notebooks(c, "01_cut.ipynb", _NOTEBOOK)
+    for command in (["validate", "--source", str(folder)], ["student", "--source", str(folder), "--out",
+                                                             str(c.folder / "cli-out")]):
+        assert exercises.main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "01_cut.ipynb is not a readable notebook" in err, err
+
+
+ERRORS = DATA_ERRORS + TOKENIZER_ERRORS + TRANSLATE_ERRORS + BATCH_DECODE_ERRORS + EXERCISE_ERRORS
 HANDLED = TOKENIZER_HANDLED + TRANSLATE_HANDLED + BATCH_DECODE_HANDLED
 
 

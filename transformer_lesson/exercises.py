@@ -73,6 +73,19 @@ def _cell_source(cell) -> str:
     return "".join(source) if isinstance(source, list) else source
 
 
+def read_notebook(path: Path):
+    """The notebook at ``path``; a file that is not one (truncated, not JSON, not a notebook) raises
+    :class:`ExerciseError` naming it, instead of a JSON or schema error from deep inside nbformat."""
+    import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as error:  # NotJSONError, a JSON error, a missing key, invalid UTF-8, ...
+        raise ExerciseError(
+            f"{path} is not a readable notebook ({type(error).__name__}): it may be truncated or damaged. "
+            f"Restore it (`git checkout -- {path}` in a checkout) or open and re-save it in JupyterLab.") from None
+
+
 def validate(nb, name: str = "notebook") -> list[str]:
     """Problems with the nbgrader metadata of ``nb`` (an empty list means valid).
 
@@ -156,7 +169,7 @@ def build_student_notebooks(source: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in paths:
-        nb = nbformat.read(path, as_version=4)
+        nb = read_notebook(path)
         problems = validate(nb, path.name)
         if problems:
             raise ExerciseError("\n".join(problems))
@@ -175,15 +188,13 @@ def make_course(course: Path, source: Path = Path("notebooks"), assignment: str 
     ``lessons``: only the notebooks whose names start with one of these (e.g. ``["00", "03"]``).
     Refuses (with :class:`ExerciseError`) a notebook whose metadata does not validate.
     """
-    import nbformat
-
     course, source = Path(course), Path(source)
     if not _GRADE_ID.match(assignment):
         raise ExerciseError(f"Assignment name {assignment!r}: use letters, digits, '-' or '_'.")
     paths = sorted(p for p in source.glob("*.ipynb") if not lessons or p.name.startswith(tuple(lessons)))
     if not paths:
         raise ExerciseError(f"No notebooks in {source}" + (f" starting with {', '.join(lessons)}." if lessons else "."))
-    problems = [problem for path in paths for problem in validate(nbformat.read(path, as_version=4), path.name)]
+    problems = [problem for path in paths for problem in validate(read_notebook(path), path.name)]
     if problems:
         raise ExerciseError("\n".join(problems))
     target = course / "source" / assignment
@@ -195,8 +206,6 @@ def make_course(course: Path, source: Path = Path("notebooks"), assignment: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import nbformat
-
     parser = argparse.ArgumentParser(prog="python -m transformer_lesson.exercises", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     student = sub.add_parser("student", help="write student versions of the notebooks")
@@ -226,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             problems = []
             for path in sorted(args.source.glob("*.ipynb")):
-                problems += validate(nbformat.read(path, as_version=4), path.name)
+                problems += validate(read_notebook(path), path.name)
             if problems:
                 print("\n".join(problems), file=sys.stderr)
                 return 1
