@@ -53,6 +53,16 @@ course:
 	$(PY) -m transformer_lesson.exercises course $(COURSE) --source notebooks
 	cd $(COURSE) && $(abspath $(VENV))/bin/nbgrader generate_assignment lessons --force
 
+# The oldest torch that pyproject admits (torch>=2.4), in a virtual environment of its own: unit tests
+# and every notebook in quick mode. Not part of CI: PyPI's Linux build of torch 2.4.0 is a CUDA build
+# of about 3.5 GB. Run it by hand before a release (docs/benchmarks.md records the last run).
+OLDEST_TORCH ?= 2.4.0
+OLD_VENV     := build/venv-torch-$(OLDEST_TORCH)
+oldest-torch:
+	@test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install --quiet torch==$(OLDEST_TORCH) -e '.[dev]'
+	TL_CHECKPOINT_DIR=$$(mktemp -d) TL_QUICK=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(OLD_VENV)/bin/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 -n $(JOBS) --ignore=tests/test_browser.py --ignore=tests/test_install.py
+
 strip: install
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
