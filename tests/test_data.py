@@ -153,3 +153,19 @@ def test_an_empty_corpus_file_is_an_error_not_zero_pairs(tmp_path):
 def test_every_odd_whitespace_becomes_a_space():
     assert normalize("a\u2002b\u3000c\td\u200ae") == "a b c d e"
     assert normalize("the 's' shape", "en") == "the 's' shape"
+
+
+def test_a_missing_or_changed_file_gets_advice_for_where_it_lives(tmp_path, monkeypatch):
+    monkeypatch.delenv("TL_DATA_DIR", raising=False)
+    shipped = data.data_dir() / "multi30k" / "no_such_file.gz"  # in this checkout: git can restore it
+    with pytest.raises(CorpusError, match=r"no_such_file\.gz is missing: restore it with "
+                                          r"`git checkout -- data/multi30k/no_such_file\.gz` in "):
+        data.verify_file(shipped, "0" * 64)
+    elsewhere = tmp_path / "val.de.gz"
+    elsewhere.write_bytes(b"changed")
+    with pytest.raises(CorpusError, match=r"corrupt or was changed: replace it with an intact copy\.$"):
+        data.verify_file(elsewhere, "0" * 64)
+    monkeypatch.setenv("TL_DATA_DIR", str(tmp_path))
+    with pytest.raises(CorpusError, match=r"corrupt or was changed: put it back into TL_DATA_DIR's folder, or "
+                                          r"unset TL_DATA_DIR"):
+        data.verify_file(elsewhere, "0" * 64)

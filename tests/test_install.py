@@ -64,7 +64,7 @@ def test_a_missing_corpus_says_what_to_do(tmp_path, monkeypatch):
     installed = load_data_module(tmp_path / "site-packages" / "transformer_lesson")
     (tmp_path / "site-packages" / "data").mkdir()
     with pytest.raises(installed.CorpusError, match=r"installed without it .*_data is missing\)\. To fix it, "
-                       r"reinstall it with `pip install --force-reinstall \"transformer-lesson @ git\+https://"):
+                       r"reinstall the course with `pip install --force-reinstall \"transformer-lesson @ git\+https://"):
         installed.data_dir()
     checkout = load_data_module(tmp_path / "checkout" / "transformer_lesson")
     (tmp_path / "checkout" / "pyproject.toml").write_text("")

@@ -57,14 +57,24 @@ def data_dir() -> Path:
     if (package.parent / "pyproject.toml").is_file():
         if checkout.is_dir():
             return checkout
-        problem, fix = f"{checkout} is missing", f"restore it with `git checkout -- data` in {package.parent}"
+        problem = f"{checkout} is missing"
     else:
-        from transformer_lesson.colab import RELEASE, REPOSITORY
-
         problem = f"the package was installed without it ({installed} is missing)"
-        fix = f"reinstall it with `pip install --force-reinstall \"transformer-lesson @ git+{REPOSITORY}@{RELEASE}\"`"
-    raise CorpusError(f"The course's corpus is missing: {problem}. To fix it, {fix}, or set {DATA_ENV} to a folder "
-                      f"that holds multi30k/.")
+    raise CorpusError(f"The course's corpus is missing: {problem}. To fix it, {_how_to_restore('data')}, or set "
+                      f"{DATA_ENV} to a folder that holds multi30k/.")
+
+
+def _how_to_restore(what: str) -> str:
+    """How to get a shipped corpus file or folder back, wherever this copy of the course lives."""
+    package = Path(__file__).resolve().parent
+    if os.environ.get(DATA_ENV):
+        return f"put it back into {DATA_ENV}'s folder, or unset {DATA_ENV} to use the corpus that ships with the course"
+    if not (package / "_data").is_dir() and (package.parent / "pyproject.toml").is_file():  # a checkout
+        return f"restore it with `git checkout -- {what}` in {package.parent}"
+    from transformer_lesson.colab import RELEASE, REPOSITORY
+
+    source = f"transformer-lesson @ git+{REPOSITORY}@{RELEASE}"
+    return f"reinstall the course with `pip install --force-reinstall \"{source}\"`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,17 +134,23 @@ def read_manifest(folder: Path) -> dict[str, str]:
     return sums
 
 
+def _fix_for(path: Path) -> str:
+    """What to do about a missing or changed corpus file: restore a shipped one, replace any other."""
+    try:
+        shipped = Path("data") / Path(path).resolve().relative_to(data_dir().resolve())
+    except (ValueError, CorpusError):
+        return "replace it with an intact copy"
+    return _how_to_restore(shipped.as_posix())
+
+
 def verify_file(path: Path, expected_sha256: str) -> None:
     if not path.is_file():
-        raise CorpusError(
-            f"Corpus file {path} is missing. It ships with the repository: restore it with "
-            f"`git checkout -- {path.name}` in its folder, or set {DATA_ENV} to a folder that has it."
-        )
+        raise CorpusError(f"Corpus file {path} is missing: {_fix_for(path)}.")
     actual = sha256_of(path)
     if actual != expected_sha256:
         raise CorpusError(
             f"Checksum mismatch for {path}: sha256 is {actual}, the manifest says "
-            f"{expected_sha256}. The file is corrupt or was changed; restore it from git."
+            f"{expected_sha256}. The file is corrupt or was changed: {_fix_for(path)}."
         )
 
 

@@ -49,7 +49,6 @@ from .runtime import (
     DeviceError,
     get_device,
     is_main_process,
-    keep_freed_memory,
     rank_and_world_size,
     seed_everything,
     wait_for_every_process,
@@ -111,7 +110,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the device has it (bf16 / fp16 + scaler / off on CPU)
     compile: bool = False  # torch.compile the model
     num_workers: int = 0  # DataLoader worker processes building batches
-    keep_freed_memory: bool = True  # on a CPU: malloc keeps freed memory (faster; runtime.keep_freed_memory)
+    keep_freed_memory: bool = True  # on a CPU: malloc keeps freed memory (faster; see Trainer)
     progress: bool = True
 
 
@@ -237,8 +236,6 @@ def train(config: TrainConfig, out: str | Path,
         return results if is_main_process() else {}
     started = time.perf_counter()
     device = get_device(config.device)
-    if device.type == "cpu" and config.keep_freed_memory:
-        keep_freed_memory()
     if is_main_process():
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +268,7 @@ def train(config: TrainConfig, out: str | Path,
         loss_fn=partial(seq2seq_loss, label_smoothing=config.label_smoothing),
         checkpoint_path=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         config={k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_KEYS},
-        tokenizer=tokenizer, progress=config.progress)
+        tokenizer=tokenizer, progress=config.progress, keep_freed_memory=config.keep_freed_memory)
 
     def make_batches(epoch: int):
         return train_data.batches(config.max_tokens, seed=config.seed * 1_000_003 + epoch, rank=rank,

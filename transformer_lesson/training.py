@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, runtime
 from .runtime import (
     AmpSettings,
     amp_settings,
@@ -159,6 +159,10 @@ class Trainer:
     ``model`` may be wrapped in ``DistributedDataParallel``: it is trained as given, while
     ``self.module`` (the model inside) is what is saved, evaluated and decoded with.
 
+    On a CPU the trainer calls :func:`~transformer_lesson.runtime.keep_freed_memory` (Linux with
+    glibc: the memory allocator keeps freed blocks for the next step instead of returning them to the
+    kernel; about 16 % faster, for some more resident memory) unless ``keep_freed_memory=False``.
+
     Under ``torchrun`` every process runs the same :meth:`fit` on its own share of each epoch's
     batches; the loss logged (and checked for divergence) is the mean over the processes, and a
     checkpoint holds every process's random state. Only the main process (rank 0) draws the
@@ -188,8 +192,11 @@ class Trainer:
         config: Any = None,
         tokenizer: Any = None,
         progress: bool = True,
+        keep_freed_memory: bool = True,
     ):
         self.device = require_device(device)
+        if keep_freed_memory and self.device.type == "cpu":
+            runtime.keep_freed_memory()  # about 16 % faster on Linux; process-wide (see there)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, such as torch.optim.Adam(model.parameters()); "
                             f"got {type(optimizer).__name__}.")
