@@ -240,8 +240,8 @@ def keep_freed_memory() -> bool:
     most 32 MiB) fresh pages from the kernel and returns them when the block is freed, so each step
     page-faults its memory in again and the kernel zeroes it: on lesson 09's ``cpu`` preset about a
     million page faults a second, 14 % of the CPU time spent in the kernel. Turning that off (no
-    mmap'd blocks, trim only above 1 GiB) raised training speed by about 16 % and the peak resident
-    memory from 1.3 to 1.7 GB (``docs/benchmarks.md``); jemalloc or tcmalloc, which PyTorch's CPU
+    mmap'd blocks, trim only above 1 GiB) raised training speed by 25-36 % there and the peak
+    resident memory from 1.4 to 1.7 GB (``docs/benchmarks.md``); jemalloc or tcmalloc, which PyTorch's CPU
     tuning guide suggests, do the same for a process started with ``LD_PRELOAD``.
 
     Affects the whole process, for the rest of its life. Returns True when applied (Linux with

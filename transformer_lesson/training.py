@@ -161,7 +161,7 @@ class Trainer:
 
     On a CPU the trainer calls :func:`~transformer_lesson.runtime.keep_freed_memory` (Linux with
     glibc: the memory allocator keeps freed blocks for the next step instead of returning them to the
-    kernel; about 16 % faster, for some more resident memory) unless ``keep_freed_memory=False``.
+    kernel; 25-36 % faster in ``docs/benchmarks.md``, for some more resident memory) unless ``keep_freed_memory=False``.
 
     Under ``torchrun`` every process runs the same :meth:`fit` on its own share of each epoch's
     batches; the loss logged (and checked for divergence) is the mean over the processes, and a
@@ -196,7 +196,7 @@ class Trainer:
     ):
         self.device = require_device(device)
         if keep_freed_memory and self.device.type == "cpu":
-            runtime.keep_freed_memory()  # about 16 % faster on Linux; process-wide (see there)
+            runtime.keep_freed_memory()  # faster on Linux; process-wide (see there)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, such as torch.optim.Adam(model.parameters()); "
                             f"got {type(optimizer).__name__}.")
