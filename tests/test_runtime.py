@@ -155,7 +155,8 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     applied, kept = faults("keep")
     assert applied == "True"
     # 3 rounds of 5 x (48-64 + 16-21) MiB: about 230k pages of 4 KiB, each faulted in again when glibc
-    # maps a fresh block for every tensor; kept memory is reused without asking the kernel
+    # maps a fresh block for every tensor; kept memory is reused without asking the kernel. What is left
+    # (a few thousand faults on some machines: the interpreter's own allocations) must be a small fraction.
     assert default > 100_000, default
-    assert kept < 2_000, kept
+    assert kept < default / 20, (kept, default)
 
