@@ -9,12 +9,15 @@ import torch
 from torch import nn
 
 from transformer_lesson.evaluation import (
+    BleuReport,
     bleu_by_length,
     bleu_evaluator,
     corpus_bleu,
     evaluate_bleu,
     exact_match,
+    load_results,
     lowercased_bleu,
+    save_results,
     translate,
 )
 from transformer_lesson.seq2seq import GRUSeq2Seq, Seq2SeqConfig
@@ -115,3 +118,36 @@ def test_evaluate_bleu_refuses_strings_where_pairs_belong():
         evaluate_bleu(None, None, ["Ein Hund.", "A dog."], "cpu")
     with pytest.raises(TypeError, match="got one string"):
         evaluate_bleu(None, None, "Ein Hund.", "cpu")
+
+
+def as_tuples(buckets):
+    """Buckets as comparable tuples: an empty bucket's BLEU is NaN, which equals nothing, itself included."""
+    return [(b.low, b.high, b.count, None if math.isnan(b.bleu) else b.bleu) for b in buckets]
+
+
+def test_saved_results_come_back_and_the_biggest_size_run_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("TL_CHECKPOINT_DIR", str(tmp_path))
+    sources = ["ein hund", "zwei katzen laufen über die straße"]
+    references = ["a dog", "two cats run across the street"]
+    hypotheses = ["a dog", "two cats walk across a street"]
+    report = BleuReport(sources, references, hypotheses, corpus_bleu(hypotheses, references),
+                        lowercased_bleu(hypotheses, references))
+    buckets = bleu_by_length(sources, hypotheses, references)
+    assert load_results("03", ["full", "laptop"]) is None
+    path = save_results("03", "laptop", report, buckets)
+    assert path == tmp_path / "03_results_laptop.json"
+    saved = load_results("03", ["full", "laptop"])
+    assert (saved.size, saved.bleu, saved.lowercased_bleu) == ("laptop", report.bleu.score, report.lowercased.score)
+    assert as_tuples(saved.by_length) == as_tuples(buckets)  # empty buckets keep their NaN
+    save_results("03", "full", report, buckets[:2])
+    assert as_tuples(load_results("03", ["full", "laptop"]).by_length) == as_tuples(buckets[:2])  # full, asked first
+    assert load_results("02", ["full", "laptop"]) is None  # another lesson's results are not these
+    monkeypatch.setenv("TL_QUICK", "0")
+    assert load_results("03").size == "full"
+    monkeypatch.setenv("TL_QUICK", "1")
+    assert load_results("03") is None  # quick mode compares with quick runs only
+    (tmp_path / "03_results_full.json").write_text('{"bleu": 1')  # cut short
+    with pytest.warns(UserWarning, match="cannot be read.*run lesson 03 again"):
+        assert load_results("03", ["full", "laptop"]).size == "laptop"
+    with pytest.raises(ValueError, match="size must be one of quick, laptop, full"):
+        save_results("03", "huge", report, buckets)

@@ -17,9 +17,12 @@ version:...``), the exact settings it was computed with; report it next to the n
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from sacrebleu.metrics import BLEU
@@ -27,6 +30,7 @@ from sacrebleu.metrics.bleu import BLEUScore
 
 from .batching import pad_sequences
 from .decoding import Uncached, beam_search, greedy_decode
+from .runtime import SIZES, checkpoint_dir, is_quick
 from .validation import (
     require_device,
     require_int,
@@ -219,6 +223,56 @@ def bleu_evaluator(tokenizer, pairs: Sequence[tuple[str, str]], device: torch.de
         return {"bleu": report.bleu.score, "lowercased_bleu": report.lowercased.score}
 
     return evaluate
+
+
+def _results_path(lesson: str, size: str) -> Path:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}; got {size!r}.")
+    return checkpoint_dir() / f"{lesson}_results_{size}.json"
+
+
+def save_results(lesson: str, size: str, report: BleuReport, by_length: Sequence[LengthBucket]) -> Path:
+    """Keep a lesson's test scores for later lessons to compare with; returns the file written.
+
+    The file, ``checkpoint_dir() / f"{lesson}_results_{size}.json"``, holds sacreBLEU, lowercased
+    BLEU and BLEU by source length. ``size`` is the lesson's :func:`~transformer_lesson.runtime.training_size`.
+    """
+    path = _results_path(lesson, size)
+    path.write_text(json.dumps({"size": size, "bleu": report.bleu.score, "lowercased_bleu": report.lowercased.score,
+                                "by_length": [dataclasses.asdict(b) for b in by_length]}))
+    return path
+
+
+@dataclass(frozen=True)
+class SavedResults:
+    """A lesson's test scores as :func:`save_results` kept them."""
+
+    lesson: str
+    size: str
+    bleu: float
+    lowercased_bleu: float
+    by_length: list[LengthBucket]
+
+
+def load_results(lesson: str, sizes: Sequence[str] | None = None) -> SavedResults | None:
+    """The saved results of ``lesson`` at the first of ``sizes`` that has some, or None.
+
+    By default, in quick mode ``["quick"]``, otherwise ``["full", "laptop"]``: the biggest that was
+    run. A file that cannot be read (cut short, edited by hand) counts as missing, with a warning.
+    """
+    if sizes is None:
+        sizes = ["quick"] if is_quick() else ["full", "laptop"]
+    for size in sizes:
+        path = _results_path(lesson, size)
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+            return SavedResults(lesson, size, float(saved["bleu"]), float(saved["lowercased_bleu"]),
+                                [LengthBucket(**bucket) for bucket in saved["by_length"]])
+        except (ValueError, KeyError, TypeError) as error:
+            warnings.warn(f"{path} cannot be read ({error}); run lesson {lesson} again to rewrite it.", stacklevel=2)
+    return None
 
 
 def exact_match(model, batch, max_len: int | None = None) -> float:

@@ -59,6 +59,22 @@ def pick(*, full: T, quick: T) -> T:
     return quick if is_quick() else full
 
 
+SIZES = ("quick", "laptop", "full")
+
+
+def training_size(device: torch.device | str) -> str:
+    """How big lessons 02 and 03 train: ``"quick"``, ``"laptop"`` or ``"full"``.
+
+    Quick mode gives ``"quick"``. Full mode gives ``"full"`` (the size of ``docs/results.md``'s
+    baselines: minutes on a GPU, about 53 and 83 minutes on a 2-core CPU) on a GPU, and ``"laptop"``
+    (a smaller model and fewer steps that still translates recognisably, a few minutes on a CPU)
+    on anything else. A notebook may overrule it: ``SIZE = "full"`` trains the full size on a CPU.
+    """
+    if is_quick():
+        return "quick"
+    return "full" if torch.device(device).type == "cuda" else "laptop"
+
+
 def checkpoint_dir() -> Path:
     """Where lessons keep checkpoints and result files: ``$TL_CHECKPOINT_DIR`` or ``checkpoints/``.
 

@@ -39,6 +39,55 @@ class Seq2SeqConfig:
     pad_id: int = PAD_ID
 
 
+@dataclass(frozen=True)
+class BaselineRun:
+    """How lessons 02 and 03 train their RNN baselines at one size; they share it, so the two compare.
+
+    ``size`` is :func:`~transformer_lesson.runtime.training_size`'s: ``"full"`` is the setting of
+    ``docs/results.md``'s baselines, ``"laptop"`` a smaller one for a CPU, ``"quick"`` seconds for
+    tests. ``max_steps`` (None: no limit) cuts training short of ``epochs``; ``eval_every`` None
+    scores validation BLEU after every epoch. ``d_attention`` is used by lesson 03's model only.
+    """
+
+    size: str
+    d_embed: int
+    d_hidden: int
+    d_attention: int
+    dropout: float
+    train_limit: int | None  # training pairs (None: all 29,000)
+    val_limit: int | None  # validation pairs scored during training (None: all 1,014)
+    test_limit: int | None  # test_2016 pairs scored at the end (None: all 1,000)
+    max_tokens: int
+    lr: float
+    epochs: int
+    max_steps: int | None
+    eval_every: int | None
+
+    def model_config(self, vocab_size: int) -> Seq2SeqConfig:
+        return Seq2SeqConfig(vocab_size=vocab_size, d_embed=self.d_embed, d_hidden=self.d_hidden,
+                             d_attention=self.d_attention, dropout=self.dropout)
+
+
+BASELINE_RUNS = {
+    "quick": BaselineRun("quick", d_embed=64, d_hidden=96, d_attention=64, dropout=0.1, train_limit=2_000,
+                         val_limit=20, test_limit=60, max_tokens=2_000, lr=2e-3, epochs=1, max_steps=10,
+                         eval_every=4),
+    "laptop": BaselineRun("laptop", d_embed=64, d_hidden=128, d_attention=128, dropout=0.0, train_limit=None,
+                          val_limit=300, test_limit=None, max_tokens=4_000, lr=2e-3, epochs=3, max_steps=None,
+                          eval_every=62),
+    "full": BaselineRun("full", d_embed=128, d_hidden=256, d_attention=256, dropout=0.3, train_limit=None,
+                        val_limit=None, test_limit=None, max_tokens=4_000, lr=2e-3, epochs=10, max_steps=None,
+                        eval_every=None),
+}
+
+
+def baseline_run(size: str) -> BaselineRun:
+    """The settings of lessons 02 and 03 at ``size``: ``"quick"``, ``"laptop"`` or ``"full"``."""
+    if size not in BASELINE_RUNS:
+        raise ValueError(f"size must be one of {', '.join(BASELINE_RUNS)}; got {size!r}.")
+    return BASELINE_RUNS[size]
+
+
 def last_real_state(outputs: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
     """The output at each sentence's last real (non-pad) position.
 
