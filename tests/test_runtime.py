@@ -134,8 +134,8 @@ import resource, sys, torch
 from transformer_lesson.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 sizes = [2**24 - k * 2**20 for k in (0, 3, 1, 4, 2)]  # 64, 52, 60, 48, 56 MiB, as batch shapes vary
-for round in range(4):
-    if round == 1:  # the first round may take memory from the kernel; count the three after it
+for round in range(10):
+    if round == 1:  # the first round may take memory from the kernel; count the nine after it
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for n in sizes:  # what a training step does with its largest tensors
         big, small = torch.empty(n).fill_(1.0), torch.empty(n // 3).fill_(2.0)
@@ -154,11 +154,13 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     default_applied, default = faults("default")
     applied, kept = faults("keep")
     assert applied == "True"
-    # 3 rounds of 5 x (48-64 + 16-21) MiB: about 230k pages of 4 KiB, each faulted in again when glibc
+    # 9 rounds of 5 x (48-64 + 16-21) MiB: about 690k pages of 4 KiB, each faulted in again when glibc
     # maps a fresh block for every tensor; kept memory is reused without asking the kernel. What is left
-    # (a few thousand faults on some machines: the interpreter's own allocations; in about one run of
-    # eight here, 16,384 more: the heap grew once by the largest tensor, 64 MiB) must be a small fraction.
-    assert default > 100_000, default
+    # must be a small fraction: a few thousand faults on some machines (the interpreter's own allocations)
+    # and, in some runs, 16,384 for each time the heap grew by the largest tensor (64 MiB) because a small
+    # allocation sat above the freed block: seen once in about eight runs with torch 2.13, three times in
+    # one run with torch 2.4. Nine rounds keep such one-off growth far below what refaulting costs.
+    assert default > 300_000, default
     assert kept < default / 8, (kept, default)
 
 
