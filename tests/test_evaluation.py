@@ -68,6 +68,13 @@ def test_bleu_by_length_scores_each_bucket_on_its_own_sentences():
     assert math.isnan(buckets[2].bleu) and buckets[1].label == "3-6"
 
 
+def test_the_last_default_bucket_takes_every_longer_sentence():
+    sources = ["w " * 16, "w " * 17, "w " * 250]
+    buckets = bleu_by_length(sources, ["a b c d"] * 3, ["a b c d"] * 3)
+    assert [b.label for b in buckets] == ["1-9", "10-11", "12-13", "14-16", "17+"]
+    assert [b.count for b in buckets] == [0, 0, 0, 1, 2]  # a 250-word sentence is in no gap
+
+
 def test_translate_round_trips_with_a_copying_model(tokenizer):
     sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee, während es schneit.", "Hallo"]
     assert translate(Copier(), tokenizer, sentences, "cpu", batch_size=2) == sentences

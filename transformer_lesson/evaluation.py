@@ -145,26 +145,27 @@ def lowercased_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BLE
 
 @dataclass(frozen=True)
 class LengthBucket:
-    """BLEU of the sentences whose source has ``low``..``high`` words (inclusive)."""
+    """BLEU of the sentences whose source has ``low``..``high`` words (inclusive; ``high=None``: no limit)."""
 
     low: int
-    high: int
+    high: int | None
     count: int
     bleu: float
 
     @property
     def label(self) -> str:
-        return f"{self.low}-{self.high}"
+        return f"{self.low}+" if self.high is None else f"{self.low}-{self.high}"
 
 
-DEFAULT_BUCKETS = ((1, 9), (10, 11), (12, 13), (14, 16), (17, 100))
+# The last bucket is open: every sentence of 17 words or more, however long.
+DEFAULT_BUCKETS = ((1, 9), (10, 11), (12, 13), (14, 16), (17, None))
 
 
 def bleu_by_length(
     sources: Sequence[str],
     hypotheses: Sequence[str],
     references: Sequence[str],
-    buckets: Sequence[tuple[int, int]] = DEFAULT_BUCKETS,
+    buckets: Sequence[tuple[int, int | None]] = DEFAULT_BUCKETS,
     metric: Callable[[Sequence[str], Sequence[str]], BLEUScore] = lowercased_bleu,
 ) -> list[LengthBucket]:
     """Corpus BLEU within groups of sentences of similar source length (in words).
@@ -178,7 +179,8 @@ def bleu_by_length(
         raise ValueError(f"{len(sources)} sources but {len(hypotheses)} hypotheses.")
     results = []
     for low, high in buckets:
-        members = [i for i, s in enumerate(sources) if low <= len(s.split()) <= high]
+        members = [i for i, s in enumerate(sources)
+                   if low <= len(s.split()) and (high is None or len(s.split()) <= high)]
         score = (metric([hypotheses[i] for i in members], [references[i] for i in members]).score
                  if members else float("nan"))
         results.append(LengthBucket(low, high, len(members), score))
