@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from transformer_lesson import exercises
+from transformer_lesson import colab, exercises
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 WITH_EXERCISES = [
@@ -68,6 +68,9 @@ def test_student_version_has_no_solution_line(path):
     assert "raise NotImplementedError()" in text
     assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
     assert exercises.validate(nb, path.name) == []
+    # the Colab badge opens the source notebook, solutions included: a note replaces it
+    assert "colab.research.google.com/github" in nb.cells[1].source
+    assert "colab.research.google.com/github" not in text and student.cells[1].source == colab.STUDENT_NOTE
 
 
 def test_stub_keeps_indentation_and_hidden_tests_go():

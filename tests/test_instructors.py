@@ -228,6 +228,8 @@ def test_nbgrader_gives_every_lesson_s_solutions_full_points_and_its_release_zer
         released = nbformat.read(course / "release" / assignment / path.name, 4)
         assert not any("### BEGIN HIDDEN TESTS" in c.source or "### BEGIN SOLUTION" in c.source
                        for c in released.cells), f"{path.name}'s release carries solutions or hidden tests"
+        assert not any("colab.research.google.com/github" in c.source for c in released.cells), (
+            f"{path.name}'s release links to the source notebook (its Colab badge)")
         solutions = {c.metadata["nbgrader"]["grade_id"]: without_markers(c.source)
                      for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
         nbformat.write(released, course / "submitted" / "untouched" / assignment / path.name)

@@ -101,6 +101,20 @@ def badge(notebook: str | Path) -> str:
     return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook)})"
 
 
+# What a student version (``make student``, nbgrader's release) shows instead of the badge: the badge
+# opens the source notebook, solutions included, so student versions do not link to it.
+STUDENT_NOTE = ("*Student version: the exercises are yours to write. To work on it in Google Colab, upload it "
+                "there (File > Upload notebook); the set-up cell below installs the course.*")
+
+
+def unlink_badge(nb):
+    """Replace the badge cell of ``nb`` (in place) by :data:`STUDENT_NOTE`; return ``nb``."""
+    for cell in nb.cells:
+        if cell.get("id") == BADGE_ID:
+            cell.source = STUDENT_NOTE
+    return nb
+
+
 def setup_source() -> str:
     """The source of the setup cell, the same in every notebook."""
     return _SETUP.format(repository=REPOSITORY, release=RELEASE, version=RELEASE.removeprefix("v"),

@@ -4,7 +4,8 @@ The source notebooks carry full solutions between ``### BEGIN SOLUTION`` and ``#
 in cells marked with nbgrader metadata (schema 3), so they run end to end in CI. A student
 version replaces each solution region by ``# YOUR CODE HERE`` / ``raise NotImplementedError()``,
 drops hidden tests and clears outputs, as ``nbgrader generate_assignment`` does, without
-needing nbgrader.
+needing nbgrader; both also replace the Colab badge, which opens the source notebook with its
+solutions, by a note.
 
 ``course`` sets up an nbgrader course folder: the shipped configuration
 (``transformer_lesson/nbgrader_config.py``) and the notebooks as the source of one assignment, ready
@@ -136,8 +137,11 @@ def validate(nb, name: str = "notebook") -> list[str]:
 
 
 def student_version(nb, name: str = "notebook"):
-    """A copy of ``nb`` with solutions stubbed, hidden tests removed and outputs cleared."""
-    nb = copy.deepcopy(nb)
+    """A copy of ``nb`` with solutions stubbed, hidden tests removed, outputs cleared and the Colab
+    badge (which opens the source notebook) replaced by a note."""
+    from transformer_lesson.colab import unlink_badge
+
+    nb = unlink_badge(copy.deepcopy(nb))
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
         meta = cell.get("metadata", {}).get("nbgrader", {})

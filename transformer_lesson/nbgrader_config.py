@@ -10,8 +10,11 @@ import shutil
 import sys
 import tempfile
 
-from nbgrader.converters import Autograde
+from nbconvert.preprocessors import Preprocessor
+from nbgrader.converters import Autograde, GenerateAssignment
 from nbgrader.preprocessors import Execute
+
+from transformer_lesson.colab import unlink_badge
 
 c = get_config()  # noqa: F821 (nbgrader defines get_config when it reads this file)
 
@@ -63,3 +66,15 @@ c.Autograde.autograde_preprocessors = [
     ExecuteWithOwnCheckpoints if preprocessor is Execute else preprocessor
     for preprocessor in Autograde.class_traits()["autograde_preprocessors"].default()
 ]
+
+
+class UnlinkColabBadge(Preprocessor):
+    """The release carries a note instead of the "Open in Colab" badge, which opens the source notebook
+    (solutions included) at the release tag."""
+
+    def preprocess(self, nb, resources):
+        return unlink_badge(nb), resources
+
+
+c.GenerateAssignment.preprocessors = [
+    UnlinkColabBadge, *GenerateAssignment.class_traits()["preprocessors"].default()]
