@@ -20,7 +20,14 @@ from transformer_lesson.attention import padding_mask, scaled_dot_product_attent
 from transformer_lesson.batching import pad_sequences
 from transformer_lesson.checks.attention import check_attention
 from transformer_lesson.checks.batching import check_pad_sequences
-from transformer_lesson.checks.core import PACKAGE_ANSWERS, CheckFailed, check_against, not_written_yet, resolve
+from transformer_lesson.checks.core import (
+    PACKAGE_ANSWERS,
+    PYTORCH_ANSWERS,
+    CheckFailed,
+    check_against,
+    not_written_yet,
+    resolve,
+)
 from transformer_lesson.checks.multihead import check_merge_heads, check_split_heads
 from transformer_lesson.checks.positional import check_sinusoidal_encoding
 from transformer_lesson.checks.rnn import check_rnn_cell, check_rnn_forward
@@ -251,3 +258,37 @@ def test_jupyter_shows_a_failed_check_as_its_diagnosis_alone():
     assert shown[0].startswith("\x1b[0;31mCheckFailed\x1b[0m: split_heads(...) has the right shape but wrong values")
     assert "\n".join(shown).endswith(str(failure.value).splitlines()[-1])
     assert len(shown) == len(str(failure.value).splitlines()) < 8
+
+
+def attention_by_pytorch(queries, keys, values, mask=None):
+    """Right weights by hand, and the output from PyTorch's fused attention: its values pass."""
+    scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.nan_to_num(scores.softmax(dim=-1))  # a fully hidden row: zeros
+    output = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+    return torch.nan_to_num(output) * (weights.sum(-1, keepdim=True) > 0), weights
+
+
+PYTORCH_ANSWER_CASES = [  # (check, an answer whose values pass through PyTorch's ready-made version, its name)
+    (check_rnn_cell, lambda x, h, W_ih, W_hh, b_ih, b_hh: torch.rnn_tanh_cell(x, h, W_ih, W_hh, b_ih, b_hh),
+     "torch.rnn_tanh_cell"),
+    (check_attention, attention_by_pytorch, "torch.nn.functional.scaled_dot_product_attention"),
+]
+
+
+@pytest.mark.parametrize(("check", "answer", "builtin"), PYTORCH_ANSWER_CASES,
+                         ids=[name for _, _, name in PYTORCH_ANSWER_CASES])
+def test_pytorch_s_ready_made_version_of_the_exercise_is_refused(check, answer, builtin, capsys):
+    with pytest.raises(CheckFailed, match="runs PyTorch's ready-made version of this exercise") as failure:
+        check(answer)
+    assert builtin in str(failure.value) and "basic operations" in str(failure.value)
+    assert "✓" not in capsys.readouterr().out
+    assert sys.getprofile() is None
+
+
+def test_every_pytorch_answer_listed_exists_and_belongs_to_a_check():
+    for name, dotted_names in PYTORCH_ANSWERS.items():
+        assert name in PACKAGE_ANSWERS, f"PYTORCH_ANSWERS[{name!r}]: no check of that name"
+        for dotted in dotted_names:
+            assert callable(resolve(dotted)), dotted

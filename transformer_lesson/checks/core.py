@@ -531,10 +531,16 @@ def _check_against(student, reference, make_inputs, *, name, trials, mistakes, d
                     f"{failure}{extra}\nLikely cause: {mistake.advice}{context}"
                 ) from None
             raise CheckFailed(f"{failure}{extra}{context}") from None
-    if used:
+    if used and used[0].startswith("transformer_lesson."):
         raise CheckFailed(
             f"{name} runs the package's own answer, {used[0]}: this exercise asks you to write it yourself. "
             f"Replace that call (or import, or class) with your own code; PyTorch's operations are fine."
+        )
+    if used:
+        raise CheckFailed(
+            f"{name} runs PyTorch's ready-made version of this exercise, {used[0]}: the exercise asks you to "
+            f"build it yourself from PyTorch's basic operations (matrix products, softmax, tanh, ...). "
+            f"Replace that call with your own code."
         )
 
 
@@ -578,6 +584,19 @@ PACKAGE_ANSWERS: dict[str, tuple[str, ...]] = {
 }
 
 
+# PyTorch's ready-made version of an exercise, refused like the package's own (by the check's name).
+# Only where the built-in IS the exercise: PyTorch's basic operations (and, in later lessons, the
+# package's earlier building blocks, whose own code may call these) stay allowed.
+PYTORCH_ANSWERS: dict[str, tuple[str, ...]] = {
+    "rnn_cell": ("torch.rnn_tanh_cell", "torch.nn.RNNCell.forward"),
+    "attention": ("torch.nn.functional.scaled_dot_product_attention",),
+    "multi_head_attention": ("torch.nn.MultiheadAttention.forward",
+                             "torch.nn.functional.multi_head_attention_forward"),
+    "encoder_layer": ("torch.nn.TransformerEncoderLayer.forward",),
+    "decoder_layer": ("torch.nn.TransformerDecoderLayer.forward",),
+}
+
+
 def resolve(dotted: str) -> Any:
     """The object a dotted name such as ``"transformer_lesson.transformer.EncoderLayer.forward"`` names."""
     parts = dotted.split(".")
@@ -594,7 +613,8 @@ def resolve(dotted: str) -> Any:
 
 def _forbidden_codes(name: str, reference: Callable[..., Any], forbidden: Sequence[Callable[..., Any]]
                      ) -> dict[int, str]:
-    """{id(code object): full name} of the package's answers that the student's code must not run."""
+    """{id(code object): full name} of the package's answers that the student's code must not run, and
+    {id(built-in function): its dotted name} of PyTorch's ready-made versions (:data:`PYTORCH_ANSWERS`)."""
     items = [*forbidden, *(resolve(dotted) for dotted in PACKAGE_ANSWERS.get(name, ()))]
     found = _code_and_name(reference)
     if found and found[1].startswith("transformer_lesson.") and not found[1].startswith("transformer_lesson.checks."):
@@ -605,6 +625,10 @@ def _forbidden_codes(name: str, reference: Callable[..., Any], forbidden: Sequen
         if found is None:
             raise TypeError(f"forbidden: {item!r} is not a Python function or method")
         codes[id(found[0])] = found[1]
+    for dotted in PYTORCH_ANSWERS.get(name, ()):
+        item = resolve(dotted)
+        found = _code_and_name(item)
+        codes[id(found[0]) if found else id(item)] = dotted  # a Python method, or a built-in (C) function
     return codes
 
 
@@ -624,6 +648,8 @@ def _watching(codes: Mapping[int, str], used: list[str]) -> Iterator[None]:
     def profile(frame, event, arg):
         if event == "call" and id(frame.f_code) in codes:
             used.append(codes[id(frame.f_code)])
+        elif event == "c_call" and id(arg) in codes:  # a built-in function, called from Python code
+            used.append(codes[id(arg)])
         if previous is not None:
             previous(frame, event, arg)
 
