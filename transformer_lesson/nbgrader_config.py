@@ -10,9 +10,8 @@ import shutil
 import sys
 import tempfile
 
-from nbconvert.preprocessors import Preprocessor
 from nbgrader.converters import Autograde, GenerateAssignment
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 from transformer_lesson.colab import unlink_badge
 
@@ -68,7 +67,7 @@ c.Autograde.autograde_preprocessors = [
 ]
 
 
-class UnlinkColabBadge(Preprocessor):
+class UnlinkColabBadge(NbGraderPreprocessor):  # nbgrader's base: enabled, unlike nbconvert's
     """The release carries a note instead of the "Open in Colab" badge, which opens the source notebook
     (solutions included) at the release tag."""
 
