@@ -201,8 +201,8 @@ def test_nbgrader_round_trip_on_lesson_00(tmp_path):
     assert "core.py" not in feedback["inverted"]  # no frames of the checks' internals
 
 
-# Lessons 01-06 in two courses, so that the two pytest workers share them (lesson 00 has its own test above).
-# Measured 2026-12-02 on the 2-core machine: see the durations `make test` prints.
+# Lessons 01-06 in two courses, which tests/conftest.py lets the two pytest workers take one each (lesson 00
+# has its own test above). 47 s and 35 s on 2026-12-02 (Intel, 2 cores; `make test` prints the durations).
 ROUND_TRIPS = [("01", "02", "03"), ("04", "05", "06")]
 
 
