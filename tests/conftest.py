@@ -66,17 +66,13 @@ def train_on_reverse():
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs on two workers (pytest-xdist). Each test module and each notebook goes to one
     worker as a whole (a notebook's cells share one kernel, in order). Lessons 09 and 10 go to the same
-    worker, 09 first: lesson 10 loads the model that lesson 09 trains into the same checkpoint folder.
-    The long nbgrader round trips of lessons 01-06 each go wherever a worker is free."""
+    worker, 09 first: lesson 10 loads the model that lesson 09 trains into the same checkpoint folder."""
     from xdist.scheduler import LoadScopeScheduling
 
     together = {"notebooks/10_decoding_and_analysis.ipynb": "notebooks/09_training_the_translator.ipynb"}
-    apart = ("tests/test_instructors.py::test_nbgrader_gives_every_lesson",)
 
     class LessonScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            if nodeid.startswith(apart):
-                return nodeid
             scope = super()._split_scope(nodeid)
             return together.get(scope, scope)
 

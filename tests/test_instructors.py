@@ -201,8 +201,9 @@ def test_nbgrader_round_trip_on_lesson_00(tmp_path):
     assert "core.py" not in feedback["inverted"]  # no frames of the checks' internals
 
 
-# Lessons 01-06 in two courses, which tests/conftest.py lets the two pytest workers take one each (lesson 00
-# has its own test above). 47 s and 35 s on 2026-12-02 (Intel, 2 cores; `make test` prints the durations).
+# Lessons 01-06, in two courses (lesson 00 has its own test above): 47 s and 35 s on 2026-12-02 (Intel, 2 cores;
+# `make test` prints the durations). They stay on one worker with the rest of this module: letting the other
+# worker take one of them made `make test` slower (310 s against 272 s, one run each).
 ROUND_TRIPS = [("01", "02", "03"), ("04", "05", "06")]
 
 
