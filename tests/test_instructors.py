@@ -61,6 +61,18 @@ def without_markers(source):
                      if line.strip() not in (exercises.BEGIN_SOLUTION, exercises.END_SOLUTION))
 
 
+def solutions_of(cells):
+    """{grade_id: the solution as a student would write it} of every solution cell."""
+    return {c.metadata["nbgrader"]["grade_id"]: without_markers(c.source)
+            for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
+
+
+def open_questions(cells):
+    """grade_ids of the open questions: graded markdown cells, which the instructor grades by hand."""
+    return {c.metadata["nbgrader"]["grade_id"] for c in cells
+            if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")}
+
+
 def nbgrader_in(course, checkpoints, assignment, timeout=300):
     """A function that runs one nbgrader command on ``assignment`` in the course folder, as an instructor
     would from the virtual environment without activating it (the shipped config finds alembic)."""
@@ -103,10 +115,7 @@ def test_nbgrader_round_trip_on_lesson_00(tmp_path):
     nbgrader("generate_assignment")
     released = nbformat.read(course / "release" / assignment / lesson.name, 4)
     cells = nbformat.read(lesson, 4).cells
-    solutions = {c.metadata["nbgrader"]["grade_id"]: without_markers(c.source)
-                 for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
-    written = {c.metadata["nbgrader"]["grade_id"] for c in cells  # open questions: graded by hand
-               if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")}
+    solutions, written = solutions_of(cells), open_questions(cells)
     assert len(written) >= 2, "lesson 00 should have open questions"
     assert solutions and all("raise NotImplementedError()" in c.source for c in released.cells
                              if c.metadata.get("nbgrader", {}).get("grade_id") in solutions.keys() - written)
@@ -231,15 +240,13 @@ def test_nbgrader_gives_every_lesson_s_solutions_full_points_and_its_release_zer
                        for c in released.cells), f"{path.name}'s release carries solutions or hidden tests"
         assert not any("colab.research.google.com/github" in c.source for c in released.cells), (
             f"{path.name}'s release links to the source notebook (its Colab badge)")
-        solutions = {c.metadata["nbgrader"]["grade_id"]: without_markers(c.source)
-                     for c in cells if c.metadata.get("nbgrader", {}).get("solution")}
+        solutions = solutions_of(cells)
         nbformat.write(released, course / "submitted" / "untouched" / assignment / path.name)
         solved = copy.deepcopy(released)
         for cell in solved.cells:
             cell.source = solutions.get(cell.metadata.get("nbgrader", {}).get("grade_id"), cell.source)
         nbformat.write(solved, course / "submitted" / "solved" / assignment / path.name)
-        written = {c.metadata["nbgrader"]["grade_id"] for c in cells
-                   if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")}
+        written = open_questions(cells)
         graded = graded_cells(path)
         assert len(graded - {(g, p) for g, p in graded if g in written}) >= 3 and len(written) >= 2, path.name
         expected[path.stem] = graded, written
