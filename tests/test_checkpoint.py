@@ -14,6 +14,7 @@ from torch import nn
 from transformer_lesson.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
+    average_weights,
     check_state_dict_fits,
     load_checkpoint,
     read_model_config,
@@ -149,3 +150,26 @@ def test_a_checkpoint_holds_only_what_older_weights_only_loaders_accept(tmp_path
 
     assert not [v for v in walk(payload) if isinstance(v, bytes | bytearray)]
     assert tokenizer_of(payload, tmp_path / "c.pt").model_proto == tokenizer.model_proto
+
+
+def test_averaged_weights_are_the_mean_of_the_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)) for _ in range(3)]
+    for i, model in enumerate(models):
+        model.register_buffer("steps", torch.tensor([7]))  # an integer buffer: equal everywhere, kept
+        save_checkpoint(tmp_path / f"{i}.pt", model, step=i)
+    average = average_weights([tmp_path / f"{i}.pt" for i in range(3)])
+    for name, tensor in models[0].state_dict().items():
+        expected = sum(m.state_dict()[name] for m in models) / 3 if tensor.is_floating_point() else tensor
+        torch.testing.assert_close(average[name], expected)
+        assert average[name].dtype == tensor.dtype
+    assert not torch.equal(average["0.weight"], models[0].state_dict()["0.weight"])
+
+
+def test_averaging_checkpoints_of_different_models_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "a.pt", nn.Linear(3, 2))
+    save_checkpoint(tmp_path / "b.pt", nn.Linear(4, 2))
+    with pytest.raises(CheckpointError, match="only checkpoints of one run can be averaged"):
+        average_weights([tmp_path / "a.pt", tmp_path / "b.pt"])
+    with pytest.raises(ValueError, match="at least one"):
+        average_weights([])

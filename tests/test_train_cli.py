@@ -86,10 +86,21 @@ def test_a_run_writes_a_model_and_its_results(finished_run):
     assert {"test_bleu", "test_bleu_signature", "test_lowercased_bleu", "selected_step", "validation_bleu",
             "target_tokens_per_second", "data_wait_share"} <= results.keys()
     assert results["test_bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-    assert results["steps"] == 24 and results["selected_step"] in (12, 24)
+    assert results["steps"] == 24
     history = torch.load(finished_run / "model.pt", weights_only=True)["history"]
     best = max(history["evals"], key=lambda e: e["bleu"])  # chosen on validation BLEU
-    assert results["selected_step"] == best["step"]
+    assert results["validation_bleu_best_step"] == best["bleu"] and results["best_step"] == best["step"]
+    assert results["validation_bleu_average"] is not None  # the quick preset averages steps 12, 18, 24
+    snapshots = sorted((finished_run / "snapshots").glob("step-*.pt"))
+    assert [p.name for p in snapshots] == ["step-000012.pt", "step-000018.pt", "step-000024.pt"]
+    if results["validation_bleu_average"] > best["bleu"]:  # the average wins on validation
+        assert results["averaged_steps"] == [12, 18, 24] and results["selected_step"] == 24
+        mean = {n: sum(weights(p)[n] for p in snapshots) / 3 for n in weights(snapshots[0])}
+        for name, tensor in weights(finished_run / "model.pt").items():
+            torch.testing.assert_close(tensor, mean[name], rtol=0, atol=1e-6)
+    else:
+        assert results["averaged_steps"] == [] and results["selected_step"] == best["step"]
+        assert_same_weights(finished_run / "model.pt", finished_run / "best.pt")
     assert 0 < results["data_wait_share"] < 1 and results["target_tokens_per_second"] > 0
     config = json.loads((finished_run / "config.json").read_text())
     assert config["max_steps"] == 24 and config["d_model"] == 32
@@ -125,6 +136,8 @@ def test_killed_at_any_moment_and_resumed_it_ends_as_an_uninterrupted_run(finish
     assert b"Resuming from" in result.stdout or b"finished run" in result.stdout
     assert_same_weights(out / "model.pt", finished_run / "model.pt")
     assert_same_weights(out / "checkpoint.pt", finished_run / "checkpoint.pt")
+    for snapshot in (finished_run / "snapshots").iterdir():  # none missed or written twice differently
+        assert_same_weights(out / "snapshots" / snapshot.name, snapshot)
     assert json.loads((out / "results.json").read_text())["test_bleu"] == \
         json.loads((finished_run / "results.json").read_text())["test_bleu"]
 
@@ -263,3 +276,49 @@ def test_translate_with_beam_and_without_cache(finished_run):
     assert {default.returncode, uncached.returncode, greedy.returncode, greedy_uncached.returncode} == {0}
     assert uncached.stdout == default.stdout and greedy_uncached.stdout == greedy.stdout  # speed, not output
     assert len(greedy.stdout.decode().split("\n")) == 4
+
+
+@pytest.mark.parametrize("average_score, chosen", [(3.0, True), (2.0, False)])  # a tie keeps the single step
+def test_the_average_of_the_last_steps_is_chosen_only_when_it_scores_higher_on_validation(
+        tmp_path, monkeypatch, average_score, chosen):
+    """Validation scores are stubbed (12 training steps are real): steps 6 and 12 score 1 and 2."""
+    import types
+
+    import transformer_lesson.train as train_module
+
+    scores = iter([1.0, 2.0, average_score, 0.5])  # validation at steps 6 and 12, the average, test
+    scored_weights = []
+
+    def fake_evaluate_bleu(model, tokenizer, pairs, device, batch_size):
+        scored_weights.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        bleu = types.SimpleNamespace(score=next(scores), signature="nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:stub")
+        return types.SimpleNamespace(bleu=bleu, lowercased=bleu, sources=[], references=[], hypotheses=[])
+
+    monkeypatch.setattr(train_module, "evaluate_bleu", fake_evaluate_bleu)
+    config = preset("quick", ["max_steps=12", "eval_every=6", "average_checkpoints=3", "average_start=0.5",
+                              "progress=false", "train_limit=200"])
+    results = train_module.train(config, tmp_path / "run")
+    snapshots = [tmp_path / "run" / "snapshots" / f"step-{s:06d}.pt" for s in (6, 9, 12)]
+    mean = {n: sum(weights(p)[n] for p in snapshots) / 3 for n in weights(snapshots[0])}
+    for name, tensor in scored_weights[2].items():  # what was scored third is the mean of the three
+        torch.testing.assert_close(tensor, mean[name], rtol=0, atol=1e-6)
+    assert results["validation_bleu_average"] == average_score and results["validation_bleu_best_step"] == 2.0
+    final = weights(tmp_path / "run" / "model.pt")
+    if chosen:
+        assert results["averaged_steps"] == [6, 9, 12] and results["validation_bleu"] == 3.0
+        for name, tensor in final.items():
+            torch.testing.assert_close(tensor, mean[name], rtol=0, atol=1e-6)
+    else:
+        assert results["averaged_steps"] == [] and results["selected_step"] == 12
+        assert_same_weights(tmp_path / "run" / "model.pt", tmp_path / "run" / "best.pt")
+    assert all(torch.equal(scored_weights[3][n], final[n]) for n in final)  # test scores the final model
+
+
+def test_averaging_that_does_not_fit_the_run_is_refused_before_anything_is_written(tmp_path):
+    from transformer_lesson.train import train as train_in_process
+
+    with pytest.raises(RunError, match="average_checkpoints=8 different steps do not fit between step 5 and max_steps=10"):
+        train_in_process(preset("cpu", ["average_checkpoints=8", "max_steps=10", "warmup_steps=1"]), tmp_path / "run")
+    with pytest.raises(RunError, match="average_start is a fraction"):
+        train_in_process(preset("cpu", ["average_start=1.5"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -9,8 +9,11 @@ trains a :class:`~transformer_lesson.transformer.Transformer` on Multi30k and wr
   stopped (a Colab disconnect, Ctrl-C, a killed process) resumes when started again with the same
   ``--out``, ending exactly where an uninterrupted run would have (bit for bit on a CPU);
 * ``best.pt``: the weights with the best validation BLEU so far (chosen on validation only);
-* ``model.pt``: the final model (best.pt's weights, with the model's config and the tokenizer, so
-  that ``python -m transformer_lesson.translate --checkpoint DIR/model.pt`` needs nothing else);
+* ``snapshots/step-NNNNNN.pt``: the weights at ``average_checkpoints`` steps evenly spaced from
+  ``average_start`` x ``max_steps`` to ``max_steps``, when ``average_checkpoints`` > 1;
+* ``model.pt``: the final model, with the model's config and the tokenizer, so that
+  ``python -m transformer_lesson.translate --checkpoint DIR/model.pt`` needs nothing else: best.pt's
+  weights, or the average of the snapshots' weights if that scores higher on validation;
 * ``results.json``: test_2016 BLEU of model.pt, with sacreBLEU's signature, throughput and examples.
   Its presence marks the run finished: starting it again prints the results and trains nothing.
 
@@ -59,7 +62,8 @@ from .tokenizer import multi30k_tokenizer
 from .training import History, Trainer, seq2seq_loss
 from .transformer import Transformer, TransformerConfig
 
-__all__ = ["PRESETS", "RunError", "TrainConfig", "apply_overrides", "main", "model_config", "preset", "train"]
+__all__ = ["PRESETS", "RunError", "TrainConfig", "apply_overrides", "averaged_steps", "main", "model_config", "preset",
+           "snapshot_path", "train"]
 
 
 class RunError(RuntimeError):
@@ -102,6 +106,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_norm: float | None = 1.0
     seed: int = 0
+    # the final model: best.pt, or the mean of the weights at average_checkpoints steps evenly spaced
+    # from average_start * max_steps to max_steps (1: no averaging), whichever scores higher on validation
+    average_checkpoints: int = 6
+    average_start: float = 0.5
     # evaluation and saving
     eval_every: int = 220  # steps between validation BLEU scores (and at the end)
     checkpoint_every: int = 50
@@ -121,7 +129,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop: CI runs the whole command line and lesson 09 with it.
     "quick": dict(train_limit=2000, val_limit=40, test_limit=60, max_tokens=1500, d_model=32, n_heads=2,
                   n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.1, max_steps=40, lr=3e-3,
-                  warmup_steps=10, eval_every=20, checkpoint_every=5),
+                  warmup_steps=10, eval_every=20, checkpoint_every=5, average_checkpoints=3),
     # Students without a GPU: about half an hour on a 2-core CPU (see docs/results.md).
     "cpu": {},
     # One modern GPU (bf16): a bigger model, bigger batches, more steps.
@@ -192,7 +200,8 @@ def model_config(config: TrainConfig, vocab_size: int) -> TransformerConfig:
 
 def _check(config: TrainConfig) -> None:
     """Refuse settings that would fail later, or silently do something else, with the reason."""
-    positive = ("vocab_size", "max_len", "max_tokens", "accumulate", "max_steps", "eval_every", "checkpoint_every")
+    positive = ("vocab_size", "max_len", "max_tokens", "accumulate", "max_steps", "eval_every", "checkpoint_every",
+                "average_checkpoints")
     for name in positive:
         if getattr(config, name) < 1:
             raise RunError(f"{name} must be at least 1, got {getattr(config, name)}.")
@@ -207,6 +216,28 @@ def _check(config: TrainConfig) -> None:
         raise RunError("lr must be positive, label_smoothing in [0, 1), num_workers >= 0.")
     if config.clip_norm is not None and config.clip_norm <= 0:
         raise RunError(f"clip_norm must be positive or none (no clipping), got {config.clip_norm}.")
+    if not 0 <= config.average_start < 1:
+        raise RunError(f"average_start is a fraction of max_steps in [0, 1), got {config.average_start}.")
+    steps = averaged_steps(config)
+    if len(set(steps)) < len(steps) or (steps and steps[0] < 1):
+        raise RunError(f"average_checkpoints={config.average_checkpoints} different steps do not fit between step "
+                       f"{max(1, round(config.average_start * config.max_steps))} and max_steps={config.max_steps}: "
+                       f"lower average_checkpoints or average_start, or set average_checkpoints=1 (no averaging).")
+
+
+def averaged_steps(config: TrainConfig) -> list[int]:
+    """The steps whose weights the final model may average: ``average_checkpoints`` of them, evenly spaced
+    from ``average_start * max_steps`` to ``max_steps`` (none when ``average_checkpoints`` is 1)."""
+    count = config.average_checkpoints
+    if count < 2:
+        return []
+    first = config.average_start * config.max_steps
+    return [round(first + (config.max_steps - first) * k / (count - 1)) for k in range(count)]
+
+
+def snapshot_path(out: str | Path, step: int) -> Path:
+    """Where a run in ``out`` keeps the weights of ``step`` for averaging."""
+    return Path(out) / "snapshots" / f"step-{step:06d}.pt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +262,9 @@ def train(config: TrainConfig, out: str | Path,
         results = json.loads(results_path.read_text())
         if is_main_process():
             _check_same_run(out, config)
-            print(f"{out} holds a finished run (step {results['selected_step']} chosen); nothing to train. "
+            chosen = (f"the average of steps {results['averaged_steps'][0]}-{results['averaged_steps'][-1]}"
+                      if results.get("averaged_steps") else f"step {results['selected_step']}")
+            print(f"{out} holds a finished run ({chosen} chosen); nothing to train. "
                   f"Delete {results_path} to evaluate again, or use another --out for a new run.")
         return results if is_main_process() else {}
     started = time.perf_counter()
@@ -288,14 +321,22 @@ def train(config: TrainConfig, out: str | Path,
             on_evaluate(trainer.history, {"step": trainer.step, **metrics})
         return metrics
 
+    snapshot_steps = set(averaged_steps(config))
+
+    def snapshot(trainer: Trainer) -> None:  # before the step's checkpoint: a resumed run never misses one
+        if trainer.step in snapshot_steps and is_main_process():
+            checkpoint.save_checkpoint(snapshot_path(out, trainer.step), trainer.module, step=trainer.step,
+                                       config=trainer.config, tokenizer=tokenizer.fingerprint)
+
     if is_main_process():
         print(f"Training on {describe_device(device)}{f' x {world_size} processes' if world_size > 1 else ''}: "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(train_data):,} pairs, "
               f"{config.max_steps} steps; writing to {out}")
-    history = trainer.fit(make_batches, max_steps=config.max_steps, evaluate=evaluate, eval_every=config.eval_every)
+    history = trainer.fit(make_batches, max_steps=config.max_steps, evaluate=evaluate, eval_every=config.eval_every,
+                          on_step=snapshot)
     if not is_main_process():
         return {}
-    return _finish(config, out, device, tokenizer, history, world_size, time.perf_counter() - started)
+    return _finish(config, out, device, tokenizer, val_pairs, history, world_size, time.perf_counter() - started)
 
 
 def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -306,19 +347,41 @@ def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2))
 
 
-def _finish(config: TrainConfig, out: Path, device: torch.device, tokenizer, history: History,
+def _finish(config: TrainConfig, out: Path, device: torch.device, tokenizer, val_pairs, history: History,
             world_size: int, seconds: float) -> dict[str, Any]:
-    """Score the best validation checkpoint on test_2016; write model.pt, then results.json (atomically)."""
-    model = Transformer.from_checkpoint(out / "best.pt").to(device)
-    selected = checkpoint.load_checkpoint(out / "best.pt")["step"]
+    """Choose the final model on validation, score it on test_2016; write model.pt, then results.json (atomically).
+
+    The candidates: best.pt (the best evaluation) and, with ``average_checkpoints`` > 1, the mean of the
+    snapshots' weights, which is scored on validation here. The higher score wins (best.pt on a tie).
+    """
+    model = Transformer.from_checkpoint(out / "best.pt").to(device).eval()
+    selected = best_step = checkpoint.load_checkpoint(out / "best.pt")["step"]
+    best_val = next(e for e in history.evals if e["step"] == best_step)["bleu"]
+    chosen_val, averaged, average_val = best_val, averaged_steps(config), None
+    if averaged:
+        average = Transformer.from_checkpoint(out / "best.pt").to(device).eval()
+        average.load_state_dict(checkpoint.average_weights([snapshot_path(out, s) for s in averaged]))
+        average_val = evaluate_bleu(average, tokenizer, val_pairs, device, batch_size=128).bleu.score
+        tqdm.write(f"average of the weights at steps {', '.join(map(str, averaged))}: validation sacreBLEU "
+                   f"{average_val:.2f} ({'chosen' if average_val > best_val else 'not chosen'}: step {selected} "
+                   f"alone scores {best_val:.2f})")
+        if average_val > best_val:
+            model, selected, chosen_val = average, averaged[-1], average_val
+        else:
+            averaged = []
     test_pairs = load_multi30k("test", limit=config.test_limit)
     report = evaluate_bleu(model, tokenizer, test_pairs, device, batch_size=128)
     checkpoint.save_checkpoint(out / "model.pt", model, step=selected, config=dataclasses.asdict(config),
                                tokenizer=tokenizer, history=history.state_dict())
-    val = next(e for e in history.evals if e["step"] == selected)
+    chosen = (f"the average of the weights at steps {averaged[0]}-{averaged[-1]}" if averaged
+              else f"the model of step {selected}")
     results = {
-        "selected_step": selected,
-        "validation_bleu": val["bleu"],
+        "selected_step": selected,  # with averaged_steps: the last of them
+        "averaged_steps": averaged,  # empty: the weights of selected_step alone
+        "validation_bleu": chosen_val,
+        "best_step": best_step,  # the best single evaluation (best.pt)
+        "validation_bleu_best_step": best_val,
+        "validation_bleu_average": average_val,  # None: no averaging configured
         "test_bleu": report.bleu.score,
         "test_bleu_signature": report.bleu.signature,
         "test_lowercased_bleu": report.lowercased.score,
@@ -336,7 +399,7 @@ def _finish(config: TrainConfig, out: Path, device: torch.device, tokenizer, his
     }
     _write_json(out / "results.json", results)
     print(f"test_2016: sacreBLEU {report.bleu.score:.2f} ({report.bleu.signature}), lowercased BLEU "
-          f"{report.lowercased.score:.2f}; model of step {selected} (validation sacreBLEU {val['bleu']:.2f}); "
+          f"{report.lowercased.score:.2f}; {chosen} (validation sacreBLEU {chosen_val:.2f}); "
           f"{results['target_tokens_per_second']:.0f} target tokens/s per process. Wrote {out / 'model.pt'}.")
     return results
 

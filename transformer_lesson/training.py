@@ -290,6 +290,7 @@ class Trainer:
         max_steps: int | None = None,
         evaluate: Evaluate | None = None,
         eval_every: int | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
     ) -> History:
         """Train until ``epochs`` epochs or ``max_steps`` optimizer steps in total, whichever is first.
 
@@ -299,7 +300,9 @@ class Trainer:
         on are skipped. ``evaluate(model) -> {name: value}`` runs every ``eval_every`` steps, or
         after every epoch if ``eval_every`` is None, and once more at the end unless the last
         step was just evaluated (so a run cut short by ``max_steps`` is still measured). If
-        ``checkpoint_path`` exists, training resumes from it.
+        ``checkpoint_path`` exists, training resumes from it. ``on_step(trainer)`` runs after every
+        step, in every process, before that step's evaluation and checkpoint: whatever it writes
+        for step t exists before any checkpoint a resumed run would start after t from.
 
         Under ``torchrun`` ``make_batches(epoch)`` must give each process its own share of the
         epoch, the same number of batches in every process (:func:`~transformer_lesson.batching.shard`);
@@ -331,6 +334,8 @@ class Trainer:
                     self.position += 1
                     self._record_step(loss, grad_norm, bar, waited + time.perf_counter() - started, waited,
                                       self.target_tokens - tokens_before)
+                    if on_step is not None:
+                        on_step(self)
                     self._evaluate_and_save_on_schedule(evaluate, eval_every)
                     if finished():
                         break
