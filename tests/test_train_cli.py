@@ -38,6 +38,12 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+def mean_of(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the checkpoints' weights, computed here (not with the package's function)."""
+    loaded = [weights(p) for p in paths]
+    return {name: sum(w[name] for w in loaded) / len(loaded) for name in loaded[0]}
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
@@ -95,7 +101,7 @@ def test_a_run_writes_a_model_and_its_results(finished_run):
     assert [p.name for p in snapshots] == ["step-000012.pt", "step-000018.pt", "step-000024.pt"]
     if results["validation_bleu_average"] > best["bleu"]:  # the average wins on validation
         assert results["averaged_steps"] == [12, 18, 24] and results["selected_step"] == 24
-        mean = {n: sum(weights(p)[n] for p in snapshots) / 3 for n in weights(snapshots[0])}
+        mean = mean_of(snapshots)
         for name, tensor in weights(finished_run / "model.pt").items():
             torch.testing.assert_close(tensor, mean[name], rtol=0, atol=1e-6)
     else:
@@ -299,7 +305,7 @@ def test_the_average_of_the_last_steps_is_chosen_only_when_it_scores_higher_on_v
                               "progress=false", "train_limit=200"])
     results = train_module.train(config, tmp_path / "run")
     snapshots = [tmp_path / "run" / "snapshots" / f"step-{s:06d}.pt" for s in (6, 9, 12)]
-    mean = {n: sum(weights(p)[n] for p in snapshots) / 3 for n in weights(snapshots[0])}
+    mean = mean_of(snapshots)
     for name, tensor in scored_weights[2].items():  # what was scored third is the mean of the three
         torch.testing.assert_close(tensor, mean[name], rtol=0, atol=1e-6)
     assert results["validation_bleu_average"] == average_score and results["validation_bleu_best_step"] == 2.0

@@ -25,6 +25,7 @@ The notebook calls :func:`train` with the same arguments; nothing is written twi
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import json
@@ -360,7 +361,7 @@ def _finish(config: TrainConfig, out: Path, device: torch.device, tokenizer, val
     best_val = next(e for e in history.evals if e["step"] == best_step)["bleu"]
     chosen_val, averaged, average_val = best_val, averaged_steps(config), None
     if averaged:
-        average = Transformer.from_checkpoint(out / "best.pt").to(device).eval()
+        average = copy.deepcopy(model)
         average.load_state_dict(checkpoint.average_weights([snapshot_path(out, s) for s in averaged]))
         average_val = evaluate_bleu(average, tokenizer, val_pairs, device, batch_size=128).bleu.score
         tqdm.write(f"average of the weights at steps {', '.join(map(str, averaged))}: validation sacreBLEU "
