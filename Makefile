@@ -55,7 +55,7 @@ course:
 
 # The oldest torch that pyproject admits (torch>=2.4), in a virtual environment of its own: unit tests
 # and every notebook in quick mode. Not part of CI: PyPI's Linux build of torch 2.4.0 is a CUDA build
-# of about 3.5 GB. Run it by hand before a release (docs/benchmarks.md records the last run).
+# of about 3.5 GB. Run it by hand before a release (the README records the last run).
 OLDEST_TORCH ?= 2.4.0
 OLD_VENV     := build/venv-torch-$(OLDEST_TORCH)
 oldest-torch:
