@@ -125,6 +125,10 @@ def run_scenarios(rank, folder):
                 torch.save({"crashed": traceback.format_exc()}, folder / f"{name}.rank{rank}.pt")
                 break  # the processes are out of step now: the next collective could hang
             torch.save(result, folder / f"{name}.rank{rank}.pt")
+        else:
+            # Both done before either tears the group down: without this, torch 2.4's gloo hung in
+            # destroy_process_group after the diverge scenario in 3 of 12 runs (2026-12-02; 0 of 15 with it).
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -271,8 +271,12 @@ def _fast_attention(queries, keys, values, mask, dropout_p):
     # everything, so that every intermediate (and gradient) is finite, then zero their output.
     # (No `if has_key.all()` shortcut here: on a GPU that would wait for the device every call.)
     has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1)
+    attn_mask = mask | ~has_key
+    # A mask broadcast over the keys (last dimension 1, e.g. (B, 1, T_q, 1)) is widened to T_k (a
+    # view, no copy): torch 2.4's CPU kernel read such a mask wrongly (different numbers on every call).
+    attn_mask = attn_mask.expand(*attn_mask.shape[:-1], keys.shape[-2])
     output = F.scaled_dot_product_attention(
-        queries, keys, values, attn_mask=mask | ~has_key, dropout_p=dropout_p
+        queries, keys, values, attn_mask=attn_mask, dropout_p=dropout_p
     )
     return output.masked_fill(~has_key, 0.0)
 
