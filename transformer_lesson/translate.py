@@ -87,9 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=_positive, default=100,
                         help="sentences translated at once (default 100)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
-    # The default was chosen on validation (docs/results.md, lesson 10) with the cpu preset's earlier
-    # model, as the smallest beam within 0.1 BLEU of the best; with the current preset's model k = 5 is
-    # the best on validation (k = 4, 0.04 below, is what that rule now picks). Kept: the interface is stable.
+    # The default was chosen on validation (docs/results.md, lesson 10) with an earlier cpu-preset model,
+    # as the smallest beam within 0.1 BLEU of the best. With the current preset's model that rule picks
+    # k = 4, and k = 5 is 0.14 below it (one model and seed: not confirmed). Kept: the interface is stable.
     parser.add_argument("--beam", type=_positive, default=5, metavar="K",
                         help="beam search with K hypotheses per sentence (default 5; 1: greedy decoding)")
     parser.add_argument("--no-cache", action="store_true",
