@@ -33,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ALL_LESSONS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Every lesson by default: 2026-12-02, all eleven added 88 s to `make test` (470 s against 382 s for the
-# first lesson, the lessons with controls and lessons 09-10, on the 2-core AMD EPYC CI machine; lessons 07
+# five run before, lessons 00, 04, 06, 09 and 10, on the 2-core AMD EPYC CI machine; lessons 07
 # and 08 cost most, 43 s and 57 s). TL_BROWSER_LESSONS=04,06 (say) runs only those, for a quicker check
 # by hand; lesson 10 needs lesson 09's model, so choose both or neither.
 CHOSEN = os.environ.get("TL_BROWSER_LESSONS", "all")
